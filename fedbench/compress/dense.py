@@ -1,0 +1,81 @@
+"""Dense codecs: ``none`` (the fp32 baseline every ratio is measured against) and casts.
+
+Payload: the values in the wire dtype, row-major; 32, 16 or 16 bits a value.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from fedbench.compress import wire
+from fedbench.compress.base import Compressor, check_batch
+
+
+class _Cast(Compressor):
+    wire_dtype: ClassVar[torch.dtype]
+    biased = False
+
+    def compress_batch(self, x, generators=None, states=None):
+        check_batch(self, x, generators, states)
+        wire.require_finite(x, f"{self.name} input")
+        shape = tuple(x.shape[1:])
+        header = wire.write_header(self.codec_id, x.dtype, shape)
+        cast = x.to(self.wire_dtype)
+        if self.wire_dtype != torch.float32 and not bool(torch.isfinite(cast).all()):
+            raise ValueError(f"{self.name}: input overflows {self.wire_dtype} (|x| too large)")
+        flat = cast.reshape(x.shape[0], -1).contiguous().cpu()
+        if self.wire_dtype == torch.bfloat16:
+            flat = flat.view(torch.int16)
+        rows = flat.numpy()
+        msgs = [header + rows[i].tobytes() for i in range(rows.shape[0])]
+        return msgs, cast.to(x.dtype)
+
+    def decode_batch(self, msgs, device=None):
+        np_dtype = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "<i2"}[
+            self.wire_dtype
+        ]
+        rows, hdr = [], None
+        for msg in msgs:
+            r = wire.Reader(msg, f"{self.name} message")
+            h = r.header(self.codec_id)
+            if hdr is not None and h != hdr:
+                raise ValueError(f"{self.name}: messages in one batch differ in shape or dtype")
+            hdr = h
+            rows.append(r.array(np_dtype, h.numel, "values"))
+            r.expect_end()
+        if hdr is None:
+            raise ValueError(f"{self.name}: decode_batch needs at least one message")
+        data = torch.from_numpy(np.stack(rows))
+        if self.wire_dtype == torch.bfloat16:
+            data = data.view(torch.bfloat16)
+        out = data.to(device=device).to(hdr.dtype)
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(f"corrupt {self.name} message: non-finite values")
+        return out.reshape(len(msgs), *hdr.shape)
+
+
+class Dense(_Cast):
+    """No compression: fp32 on the wire (4 bytes a value). Exact for fp32 input."""
+
+    name = "none"
+    codec_id = 1
+    wire_dtype = torch.float32
+
+
+class Fp16(_Cast):
+    """IEEE half precision on the wire (2 bytes a value); relative error <= 2^-11."""
+
+    name = "fp16"
+    codec_id = 2
+    wire_dtype = torch.float16
+
+
+class Bf16(_Cast):
+    """bfloat16 on the wire (2 bytes a value): fp32's range, 8 bits of mantissa."""
+
+    name = "bf16"
+    codec_id = 3
+    wire_dtype = torch.bfloat16
