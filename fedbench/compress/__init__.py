@@ -12,36 +12,31 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from fedbench.compress.base import Compressor, EFState, ErrorFeedback
+from fedbench.configs import compressor_names, config_dir
 
-__all__ = ["Compressor", "EFState", "ErrorFeedback", "available", "build", "from_config"]
+__all__ = [
+    "Compressor",
+    "EFState",
+    "ErrorFeedback",
+    "available",
+    "build",
+    "from_config",
+    "load_config",
+]
 
 # Keys of a compressor YAML that are not constructor arguments.
 _META_KEYS = {"_target_", "error_feedback", "defaults"}
 
 
-def config_dir() -> Path:
-    """The ``conf/`` folder: the package's copy when installed, the checkout's otherwise."""
-    try:
-        from importlib.resources import files
-
-        path = Path(str(files("fedbench.conf")))
-        if (path / "compressor").is_dir():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[2] / "conf"
-
-
 def available() -> list[str]:
     """Names accepted by :func:`build` (files under ``conf/compressor/``)."""
-    return sorted(p.stem for p in (config_dir() / "compressor").glob("*.yaml"))
+    return compressor_names()
 
 
-def _load(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def load_config(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     path = config_dir() / "compressor" / f"{name}.yaml"
@@ -55,17 +50,17 @@ def _load(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     for base in own.pop("defaults", []) or []:
         if base == "_self_":
             continue
-        merged.update(_load(str(base), (*seen, name)))
+        merged.update(load_config(str(base), (*seen, name)))
     merged.update(own)
     return merged
 
 
 def build(name: str, **params: Any) -> Compressor:
     """The compressor ``conf/compressor/<name>.yaml`` describes, with ``params`` on top."""
-    cfg = _load(name)
+    cfg = load_config(name)
     unknown = set(params) - set(cfg) - {"error_feedback"}
     if unknown:
-        allowed = sorted(set(cfg) - _META_KEYS) + ["error_feedback"]
+        allowed = [*sorted(set(cfg) - _META_KEYS), "error_feedback"]
         raise ValueError(
             f"compressor {name!r} has no parameter(s) {sorted(unknown)}; allowed: {allowed}"
         )
