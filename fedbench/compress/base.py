@@ -125,9 +125,7 @@ def rand_like_rows(
     Row i equals ``torch.rand(shape, generator=generators[i])``, so a batched call and a
     single call with the same generator draw the same numbers.
     """
-    return torch.stack(
-        [torch.rand(tuple(shape), generator=g, device=device) for g in generators]
-    )
+    return torch.stack([torch.rand(tuple(shape), generator=g, device=device) for g in generators])
 
 
 @dataclass

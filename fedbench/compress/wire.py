@@ -18,6 +18,7 @@ sized by a header field before the payload length has been checked against it.
 from __future__ import annotations
 
 import math
+import os
 import struct
 from dataclasses import dataclass
 
@@ -30,6 +31,11 @@ MAX_NDIM = 8
 # One message never describes more than 2^31 - 1 values (8 GiB of fp32); a header
 # claiming more is hostile or corrupt and fails before anything is allocated.
 MAX_NUMEL = 2**31 - 1
+# What a decoder agrees to allocate for one message. Sparse and low-rank payloads are
+# legitimately far smaller than the tensor they describe, so the payload length cannot
+# bound the output; this cap does (2^28 values = 1 GiB of fp32, 10x the largest layer of
+# the models here). Raise it for bigger models: FEDBENCH_MAX_DECODE_NUMEL=N.
+MAX_DECODE_NUMEL = int(os.environ.get("FEDBENCH_MAX_DECODE_NUMEL", 2**28))
 
 DTYPES: tuple[torch.dtype, ...] = (
     torch.float32,
@@ -149,9 +155,11 @@ class Reader:
             raise ValueError(f"corrupt {self.what}: ndim {ndim} > {MAX_NDIM}")
         shape = self.unpack(f"{ndim}I", "shape") if ndim else ()
         numel = math.prod(shape)
-        if numel > MAX_NUMEL:
+        if numel > min(MAX_NUMEL, MAX_DECODE_NUMEL):
             raise ValueError(
-                f"corrupt {self.what}: shape {shape} claims {numel} values (max {MAX_NUMEL})"
+                f"corrupt {self.what}: shape {shape} claims {numel} values, more than this "
+                f"decoder allocates ({min(MAX_NUMEL, MAX_DECODE_NUMEL)}; raise it with "
+                "FEDBENCH_MAX_DECODE_NUMEL)"
             )
         return Header(codec=codec, dtype=DTYPES[dcode], shape=tuple(shape))
 
@@ -221,8 +229,16 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     return t.numpy().tobytes()
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """True if ``x`` has no NaN or inf: one min/max reduction, no mask of x's size."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(x)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def require_finite(x: torch.Tensor, what: str = "input") -> None:
     """Raise ValueError if ``x`` holds NaN or inf: they must never be encoded silently."""
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{what} holds {bad} non-finite value(s) (NaN or inf); refusing to encode")

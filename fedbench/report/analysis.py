@@ -1,0 +1,270 @@
+"""Per-run derived numbers: the matched dense run, accuracy impact, rounds to target.
+
+Definitions (the report states them too):
+
+- *setting* of a run: its config minus the compressor group, minus keys that only say
+  where or how it is computed (:data:`fedbench.results.OUTPUT_KEYS`) and minus
+  ``target_accuracy``/``eval_every`` (they change what is logged, not what is trained);
+- *dense run* of a run: the ``ok`` run with the same setting (seed included) whose
+  codec family is ``none`` without error feedback;
+- *measured ratio*: ``summary.compression_ratio`` (dense uplink bytes / wire uplink
+  bytes, from totals); when absent, the dense run's uplink bytes / this run's;
+- *accuracy impact*: final held-out accuracy minus the dense run's, in points;
+- *converged*: first round whose held-out accuracy reaches ``target_accuracy`` when the
+  config sets one, else 95% of the dense run's final accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedbench.results import OUTPUT_KEYS, Runs
+
+NOT_SETTING = OUTPUT_KEYS | {"target_accuracy", "eval_every", "seed"}
+DEFAULT_TARGET_FRACTION = 0.95  # of the dense run's final accuracy, when no target is set
+# Codec families grouped as in the tutorial's "Communication Reduction Strategies".
+STRATEGY = {
+    **dict.fromkeys(
+        ["quant", "qsgd", "terngrad", "sign", "natural", "fp16", "bf16"], "quantisation"
+    ),
+    **dict.fromkeys(["topk", "randk", "stc", "dgc", "sketch"], "sparsification"),
+    **dict.fromkeys(["powersgd", "svd"], "low-rank"),
+}
+
+
+def _norm(v: Any) -> Any:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def show(v: Any) -> str:
+    """A config value for people: ``–`` for null/NaN, ``4`` for 4.0."""
+    v = _norm(v)
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() else f"{v:g}"
+    return str(v)
+
+
+def key_of(row: pd.Series, cols: list[str]) -> str:
+    """A hashable identity of ``row`` on ``cols`` (NaN and None are the same)."""
+    return json.dumps([_norm(row.get(c)) for c in cols], default=str)
+
+
+def setting_columns(runs: Runs) -> list[str]:
+    """Config columns that define an experiment's setting, seed excluded."""
+    return [
+        c for c in runs.config_columns if not c.startswith("compressor.") and c not in NOT_SETTING
+    ]
+
+
+def compressor_params(row: pd.Series) -> dict[str, Any]:
+    """Constructor parameters of the run's codec (``compressor.*`` minus meta keys)."""
+    out = {}
+    for c, v in row.items():
+        if isinstance(c, str) and c.startswith("compressor.") and c.count(".") == 1:
+            k = c.split(".", 1)[1]
+            if k not in {"_target_", "error_feedback", "defaults"} and _norm(v) is not None:
+                out[k] = _norm(v)
+    return out
+
+
+def _is_true(v: Any) -> bool:
+    return _norm(v) is not None and bool(v) and str(v).lower() not in {"false", "0"}
+
+
+def label_of(row: pd.Series) -> str:
+    """Method name, its parameters and ``EF`` when error feedback is on: ``topk (ratio=0.01, EF)``."""
+    parts = [
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in sorted(compressor_params(row).items())
+    ]
+    if _is_true(row.get("compressor.error_feedback")):
+        parts.append("EF")
+    method = str(row.get("method", "unknown"))
+    return f"{method} ({', '.join(parts)})" if parts else method
+
+
+def varying(df: pd.DataFrame, cols: list[str]) -> list[str]:
+    """The columns among ``cols`` that take more than one value in ``df``."""
+    return [c for c in cols if c in df and df[c].map(_norm).astype(str).nunique() > 1]
+
+
+def rounds_to(rounds: pd.DataFrame, target: float) -> float:
+    """Rounds needed to first reach ``target`` held-out accuracy (NaN if never).
+
+    ``rounds`` holds one run's metrics rows; the count is ``round - first_round + 1``.
+    """
+    if rounds.empty or not np.isfinite(target) or "test_accuracy" not in rounds:
+        return float("nan")
+    acc = pd.to_numeric(rounds["test_accuracy"], errors="coerce")
+    hit = rounds.loc[acc >= target, "round"]
+    if hit.empty:
+        return float("nan")
+    return float(hit.min() - rounds["round"].min() + 1)
+
+
+def accuracy_at(rounds: pd.DataFrame, round_no: float) -> tuple[float, bool]:
+    """Held-out accuracy at the last evaluated round <= ``round_no``; True when the run
+    reached ``round_no`` (else the accuracy is that of its last round)."""
+    acc = pd.to_numeric(rounds.get("test_accuracy"), errors="coerce")
+    ok = rounds.loc[acc.notna()]
+    if ok.empty:
+        return float("nan"), False
+    before = ok.loc[ok["round"] <= round_no]
+    reached = bool(ok["round"].max() >= round_no)
+    row = before.iloc[-1] if not before.empty else ok.iloc[0]
+    return float(row["test_accuracy"]), reached
+
+
+def derive(runs: Runs) -> pd.DataFrame:
+    """``runs.runs`` plus one column per derived number (one row per run).
+
+    Added: ``label``, ``setting_key`` (setting without seed), ``cell_key`` (setting +
+    codec), ``strategy``, ``dense_run``, ``ratio``, ``ratio_dense_run`` (dense run's
+    uplink bytes / this run's), ``accuracy_pct``, ``impact_pts``, ``rel_accuracy_pct``,
+    ``target``, ``rounds_to_target``, ``dense_rounds_to_target``, ``extra_rounds_pct``,
+    ``uplink_mb``.
+    """
+    df = runs.runs.copy()
+    num = ["final_accuracy", "uplink_bytes", "compression_ratio", "target_accuracy"]
+    for c in num:
+        df[c] = pd.to_numeric(df[c], errors="coerce") if c in df else np.nan
+    setting = setting_columns(runs)
+    comp_cols = [c for c in runs.config_columns if c.startswith("compressor.")]
+    seed = ["seed"] if "seed" in df else []
+    df["label"] = [label_of(r) for _, r in df.iterrows()]
+    df["setting_key"] = [key_of(r, setting) for _, r in df.iterrows()]
+    df["match_key"] = [key_of(r, setting + seed) for _, r in df.iterrows()]
+    df["cell_key"] = [key_of(r, setting + comp_cols + ["method"]) for _, r in df.iterrows()]
+    df["strategy"] = df["family"].map(STRATEGY).fillna("")
+    ef = df.get("compressor.error_feedback", pd.Series(False, index=df.index)).map(_is_true)
+    is_dense = (df["family"] == "none") & ~ef & (df["status"] == "ok") & ~df["partial"]
+    dense = df.loc[is_dense].drop_duplicates("match_key").set_index("match_key")
+
+    by_run = {k: g.sort_values("round") for k, g in runs.rounds.groupby("run_dir")}
+    empty = pd.DataFrame(columns=["round", "test_accuracy"])
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "dense_run",
+            "ratio",
+            "ratio_dense_run",
+            "impact_pts",
+            "rel_accuracy_pct",
+            "target",
+            "rounds_to_target",
+            "dense_rounds_to_target",
+            "extra_rounds_pct",
+        )
+    }
+    for _, r in df.iterrows():
+        d = dense.loc[r["match_key"]] if r["match_key"] in dense.index else None
+        d_acc = d["final_accuracy"] if d is not None else np.nan
+        d_bytes = d["uplink_bytes"] if d is not None else np.nan
+        ratio_d = d_bytes / r["uplink_bytes"] if r["uplink_bytes"] > 0 else np.nan
+        ratio = r["compression_ratio"]
+        target = r["target_accuracy"]
+        if not np.isfinite(target):
+            target = DEFAULT_TARGET_FRACTION * d_acc
+        rt = rounds_to(by_run.get(r["run_dir"], empty), target)
+        rt_d = rounds_to(by_run.get(d["run_dir"], empty), target) if d is not None else np.nan
+        out["dense_run"].append(d["run_dir"] if d is not None else None)
+        out["ratio"].append(ratio if np.isfinite(ratio) else ratio_d)
+        out["ratio_dense_run"].append(ratio_d)
+        out["impact_pts"].append(100.0 * (r["final_accuracy"] - d_acc))
+        out["rel_accuracy_pct"].append(100.0 * r["final_accuracy"] / d_acc if d_acc else np.nan)
+        out["target"].append(target)
+        out["rounds_to_target"].append(rt)
+        out["dense_rounds_to_target"].append(rt_d)
+        out["extra_rounds_pct"].append(100.0 * (rt - rt_d) / rt_d if rt_d else np.nan)
+    for k, v in out.items():
+        df[k] = v
+    df["accuracy_pct"] = 100.0 * df["final_accuracy"]
+    df["uplink_mb"] = df["uplink_bytes"] / 1e6
+    return df
+
+
+def ratio_mismatches(df: pd.DataFrame, tolerance: float = 0.02) -> list[str]:
+    """Runs whose summary ratio and dense-run ratio differ by more than ``tolerance``."""
+    both = df.loc[df["compression_ratio"].notna() & df["ratio_dense_run"].notna()]
+    rel = (both["compression_ratio"] / both["ratio_dense_run"] - 1).abs()
+    return [
+        f"{r.run_dir}: summary ratio {r.compression_ratio:.4g} vs dense run's bytes "
+        f"{r.ratio_dense_run:.4g}"
+        for r in both.loc[rel > tolerance].itertuples()
+    ]
+
+
+def local_sgd(df: pd.DataFrame, rounds: pd.DataFrame, setting: list[str]) -> pd.DataFrame:
+    """Local SGD as a compressor: dense runs with ``local_steps`` = K vs the smallest K.
+
+    Compression = bytes per local SGD step of the reference / of this run
+    (``(K / K_ref) * ref_bytes_per_round / bytes_per_round``), i.e. how many times fewer
+    bytes reach the same number of local updates. Accuracy impact = final accuracy minus
+    the reference's accuracy after the same number of local steps (round ``R * K / K_ref``,
+    or its last round when it ran fewer: ``equal_steps`` False). One row per run.
+    """
+    cols = ["run_dir", "seed", "local_steps", "ref_run", "ratio", "impact_pts", "equal_steps"]
+    if "local_steps" not in df:
+        return pd.DataFrame(columns=cols)
+    steps = pd.to_numeric(df["local_steps"], errors="coerce")
+    ef = df.get("compressor.error_feedback", pd.Series(False, index=df.index)).map(_is_true)
+    dense = df.loc[(df["family"] == "none") & ~ef & (df["status"] == "ok") & steps.notna()]
+    dense = dense.assign(local_steps=steps[dense.index])
+    others = [c for c in setting if c not in {"local_steps", "local_epochs", "rounds"}]
+    seed = ["seed"] if "seed" in df else []
+    by_run = {k: g.sort_values("round") for k, g in rounds.groupby("run_dir")}
+    rows = []
+    for _, group in dense.groupby([key_of(r, others + seed) for _, r in dense.iterrows()]):
+        ref = group.loc[group["local_steps"].idxmin()]
+        ref_rounds = by_run.get(ref["run_dir"], pd.DataFrame(columns=["round"]))
+        ref_per_round = ref["uplink_bytes"] / max(len(ref_rounds), 1)
+        for _, r in group.loc[group["local_steps"] > ref["local_steps"]].iterrows():
+            mine = by_run.get(r["run_dir"], pd.DataFrame(columns=["round"]))
+            k = r["local_steps"] / ref["local_steps"]
+            per_round = r["uplink_bytes"] / max(len(mine), 1)
+            first = ref_rounds["round"].min() if len(ref_rounds) else 0
+            equal_round = first + len(mine) * k - 1
+            acc, reached = accuracy_at(ref_rounds, equal_round)
+            rows.append(
+                {
+                    "run_dir": r["run_dir"],
+                    "seed": r.get("seed"),
+                    "local_steps": r["local_steps"],
+                    "ref_run": ref["run_dir"],
+                    "ref_local_steps": ref["local_steps"],
+                    "ratio": k * ref_per_round / per_round if per_round else np.nan,
+                    "impact_pts": 100.0 * (r["final_accuracy"] - acc),
+                    "equal_steps": reached,
+                }
+            )
+    return pd.DataFrame(rows, columns=[*cols, "ref_local_steps"])
+
+
+def mean_std_n(values: pd.Series) -> tuple[float, float, int]:
+    """Mean, sample std (0 for one value) and count of the finite values."""
+    v = pd.to_numeric(values, errors="coerce")
+    v = v[np.isfinite(v)]
+    if v.empty:
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
+
+
+def fmt(values: pd.Series, digits: int = 1, suffix: str = "", signed: bool = False) -> str:
+    """``mean ± std (n=k)`` of the finite values; ``–`` when there are none."""
+    m, s, n = mean_std_n(values)
+    if n == 0:
+        return "–"
+    sign = "+" if signed else ""
+    head = f"{m:{sign}.{digits}f}{suffix}"
+    return f"{head} ± {s:.{digits}f} (n={n})" if n > 1 else f"{head} (n=1)"
