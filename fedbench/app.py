@@ -126,8 +126,13 @@ def run_cell(
     progress = _Progress(cfg["rounds"], method)
     try:
         # Heavy imports only once the cheap checks passed.
+        import torch
+
         from fedbench.compress import from_config
         from fedbench.sim.engine import run, validate
+
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg["threads"]))
 
         codec = from_config(cfg["compressor"])  # constructor checks: ranges, unknown keys
         validate(cfg)

@@ -96,8 +96,19 @@ TOP_LEVEL: dict[str, Rule] = {
     "engine": one_of("cohort", "loop"),
     "cohort_chunk": int_at_least(1),
     "device": device(),
+    "threads": int_at_least(0),
     "downlink": lambda v: None if isinstance(v, str) and v else "a compressor name",
     "downlink_error_feedback": boolean(),
+    "upload_budget_s": lambda v: None if v is None or (_is_real(v) and v > 0) else "null or > 0",
+    "adaptive_choices": lambda v: (
+        None if v is None or (isinstance(v, list | tuple) and v) else "null or a non-empty list"
+    ),
+    "lazy_threshold": lambda v: (
+        None if v is None or (_is_real(v) and 0 < v <= 1) else "null or a number in (0, 1]"
+    ),
+    "aggregation": one_of("sync", "fedbuff"),
+    "async_concurrency": opt_int_at_least(1),
+    "async_buffer_size": opt_int_at_least(1),
     "store_dir": lambda v: None if isinstance(v, str) and v else "a folder path",
     "force": boolean(),
     "baseline": boolean(),

@@ -76,10 +76,26 @@ def _split_standardise(name, X, y, fraction, seed, image_shape) -> Dataset:
 
 
 def _digits(cfg: Mapping[str, Any], seed: int) -> Dataset:
-    from sklearn.datasets import load_digits  # bundled with scikit-learn
-
-    X, y = load_digits(return_X_y=True)
+    X, y = _load_digits()
     return _split_standardise("digits", X, y, _fraction(cfg), seed, (1, 8, 8))
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits (1,797 x 64), read from its csv.gz directly.
+
+    Importing scikit-learn itself costs seconds (scipy and friends); the file is what we
+    need. Same file and layout as ``sklearn.datasets.load_digits``: 64 pixels, then the label.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("dataset=digits needs scikit-learn: pip install scikit-learn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise ValueError(f"dataset=digits: scikit-learn's bundled file {path} is missing")
+    data = np.loadtxt(path, delimiter=",")
+    return data[:, :-1], data[:, -1].astype(np.int64)
 
 
 def _mnist5k(cfg: Mapping[str, Any], seed: int) -> Dataset:

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedbench.compress import build, from_config, wire
+from fedbench.compress import ErrorFeedback, build, from_config, wire
+from fedbench.sim import adaptive, fedbuff, lazy, models, network, partition, seeding
 from fedbench.sim import cohort as cohort_engine
 from fedbench.sim import data as data_mod
 from fedbench.sim import loop as loop_engine
-from fedbench.sim import models, network, partition, seeding
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +115,37 @@ def validate(cfg: Mapping[str, Any]) -> None:
     for group in ("compressor", "dataset", "partition", "model", "network"):
         if not isinstance(cfg.get(group), Mapping):
             raise ValueError(f"{group}: missing config group (choose one with {group}=NAME)")
-    from_config(cfg["compressor"])
+    codec = from_config(cfg["compressor"])
+    if isinstance(codec, ErrorFeedback) and getattr(codec.inner, "keeps_residual", False):
+        raise ValueError(
+            f"compressor.error_feedback=true is invalid for {codec.inner.name}: it keeps its "
+            "own residual, so error feedback would apply twice; set compressor.error_feedback=false"
+        )
     if not isinstance(cfg.get("downlink"), str):
         raise ValueError(f"downlink={cfg.get('downlink')!r} is invalid: must be a compressor name")
     build(cfg["downlink"])
     partition.validate(cfg["partition"])
     network.validate(cfg["network"])
+    for plugin in (adaptive, lazy, fedbuff):
+        plugin.validate(cfg)
     ds, _ = prepare(cfg)
     models.build(cfg["model"], ds.X_train.shape[1], ds.num_classes, ds.image_shape)
 
 
 # -- the simulation ------------------------------------------------------------------------
+def _server_states(codec: Any, params: list[torch.Tensor], cfg: Mapping[str, Any], lazy_: Any):
+    """Per-tensor server states of a codec that aggregates messages itself (it defines
+    ``init_server_state`` and ``aggregate``: FetchSGD), else None (decode + average)."""
+    if not callable(getattr(codec, "aggregate", None)):
+        return None
+    if lazy_ is not None or cfg.get("aggregation", "sync") != "sync":
+        raise ValueError(
+            f"compressor {codec.name} merges messages on the server; it runs with "
+            "aggregation=sync and without lazy_threshold"
+        )
+    return [codec.init_server_state(p.shape, device=p.device) for p in params]
+
+
 class Simulation:
     """One run's state: global model, server momentum, per-client compressor states."""
 
@@ -155,6 +175,13 @@ class Simulation:
         self.down_states = [self.down_codec.init_state(p.shape, device=dev) for p in self.params]
         self.client_states: dict[int, list[Any]] = {}
         self.network = network.Network(cfg["network"], int(cfg["num_clients"]), self.seed)
+        # Edge plug-ins (off unless configured): per-client codec settings, lazy uploads.
+        self.adaptive = adaptive.from_config(cfg, self)
+        if self.adaptive is not None:  # its client states hold every setting's codec state
+            self.codec = self.adaptive
+        self.lazy = lazy.from_config(cfg)
+        self.extras: dict[str, Any] = {}
+        self.server_states = _server_states(self.codec, self.params, cfg, self.lazy)
         self.train = ENGINES[cfg["engine"]]
         self.opt = cohort_engine.LocalSGD(
             lr=float(cfg["lr"]),
@@ -206,6 +233,64 @@ class Simulation:
             nbytes += len(msgs[0])
         return start, nbytes, time.perf_counter() - t0
 
+    def uplink(
+        self, ids: np.ndarray, deltas: list[torch.Tensor], states: list[list[Any]], round_: int
+    ) -> tuple[np.ndarray, list[torch.Tensor], float, float]:
+        """Encode the chunk's updates (each (C, *shape)) to bytes and decode them.
+
+        Returns (bytes per client (C,), decoded per tensor (C, *shape), encode s, decode s).
+        Lazy uploads (``fedbench.sim.lazy``) and adaptive compression
+        (``fedbench.sim.adaptive``) plug in here; a refused update raises Diverged.
+        """
+        try:
+            if self.lazy is not None:
+                return self.lazy.uplink(ids, deltas, states, round_, self.encode, self.extras)
+            return self.encode(ids, deltas, states, round_)
+        except ValueError as e:
+            raise Diverged(f"round {round_}: the uplink codec refused an update: {e}") from e
+
+    def encode(
+        self, ids: np.ndarray, deltas: list[torch.Tensor], states: list[list[Any]], round_: int
+    ) -> tuple[np.ndarray, list[torch.Tensor], float, float]:
+        """The uplink codec over every client of ``ids``; see :meth:`uplink`."""
+        if self.adaptive is not None:
+            return self.adaptive.encode(ids, deltas, states, round_, self.extras)
+        dev = self.device
+        msg_bytes = np.zeros(len(ids), dtype=np.int64)
+        decoded, enc_s, dec_s = [], 0.0, 0.0
+        for k, d in enumerate(deltas):
+            gens = (
+                [
+                    seeding.generator(dev, self.seed, round_, seeding.COMPRESS, int(c), k)
+                    for c in ids
+                ]
+                if self.codec.randomised
+                else None
+            )
+            t0 = time.perf_counter()
+            msgs, _ = self.codec.compress_batch(d, gens, [s[k] for s in states])
+            t1 = time.perf_counter()
+            if self.server_states is not None:  # merged in Simulation.server_update
+                decoded.append(msgs)
+            else:
+                decoded.append(self.codec.decode_batch(msgs, dev))
+            dec_s += time.perf_counter() - t1
+            enc_s += t1 - t0
+            msg_bytes += np.fromiter((len(m) for m in msgs), dtype=np.int64, count=len(msgs))
+        return msg_bytes, decoded, enc_s, dec_s
+
+    def server_update(
+        self, held: list[list[tuple[bytes, float]]], total_weight: float
+    ) -> list[torch.Tensor]:
+        """The round's update per tensor from a server-side codec (``codec.aggregate``,
+        e.g. FetchSGD's sketches): it merges the (message, weight / total) pairs itself."""
+        out = []
+        for k, pairs in enumerate(held):
+            weights = torch.tensor([wi / total_weight for _, wi in pairs], dtype=torch.float32)
+            msgs = [m for m, _ in pairs]
+            out.append(self.codec.aggregate(msgs, weights, self.server_states[k], self.device))
+        return out
+
     def sample(self, round_: int) -> np.ndarray:
         """The clients sampled in round ``round_`` (sorted ids), from (seed, round)."""
         gen = seeding.generator("cpu", self.seed, round_, seeding.SAMPLE)
@@ -216,6 +301,7 @@ class Simulation:
         """Run one round (1-based) and return its metrics row (without evaluation)."""
         cfg, dev = self.cfg, self.device
         t_round = time.perf_counter()
+        self.extras = {}  # extra row keys from the uplink plug-ins (lazy, adaptive)
         sampled = self.sample(round_)
         answered = self.network.available(sampled, round_)
         clients = sampled[answered]
@@ -224,6 +310,7 @@ class Simulation:
 
         start, down_msg_bytes, down_seconds = self._broadcast(round_)
         agg = [torch.zeros_like(p) for p in self.params]
+        held: list[list[tuple[bytes, float]]] = [[] for _ in self.params]
         total_weight = 0.0
         up_bytes = dense_bytes = dropped = 0
         enc_s = dec_s = 0.0
@@ -243,29 +330,9 @@ class Simulation:
                 )
             states = [self.states(int(c)) for c in ids]
             snapshot = copy.deepcopy(states) if self.network.deadline is not None else None
-            msg_bytes = np.zeros(len(ids), dtype=np.int64)
-            decoded = []
-            for k, d in enumerate(deltas):
-                gens = (
-                    [
-                        seeding.generator(dev, self.seed, round_, seeding.COMPRESS, int(c), k)
-                        for c in ids
-                    ]
-                    if self.codec.randomised
-                    else None
-                )
-                t0 = time.perf_counter()
-                try:
-                    msgs, _ = self.codec.compress_batch(d, gens, [s[k] for s in states])
-                except ValueError as e:
-                    raise Diverged(
-                        f"round {round_}: the uplink codec refused an update: {e}"
-                    ) from e
-                t1 = time.perf_counter()
-                decoded.append(self.codec.decode_batch(msgs, dev))
-                dec_s += time.perf_counter() - t1
-                enc_s += t1 - t0
-                msg_bytes += np.fromiter((len(m) for m in msgs), dtype=np.int64, count=len(msgs))
+            msg_bytes, decoded, t_enc, t_dec = self.uplink(ids, deltas, states, round_)
+            enc_s += t_enc
+            dec_s += t_dec
             samples = res.samples.cpu().numpy()
             seconds = self.network.client_seconds(ids, down_msg_bytes, msg_bytes, samples)
             late = self.network.dropped(seconds)
@@ -274,7 +341,10 @@ class Simulation:
             kept = ~late
             w = torch.from_numpy((self.sizes[ids] * kept).astype(np.float32)).to(dev)
             for k, dec in enumerate(decoded):
-                agg[k] += torch.tensordot(w, dec, dims=1)
+                if self.server_states is not None:
+                    held[k] += [(m, float(wi)) for m, wi in zip(dec, w, strict=True) if wi > 0]
+                else:
+                    agg[k] += torch.tensordot(w, dec, dims=1)
             total_weight += float(w.sum())
             up_bytes += int(msg_bytes[kept].sum())
             dense_bytes += self.dense_bytes * int(kept.sum())
@@ -284,8 +354,14 @@ class Simulation:
 
         if total_weight > 0:
             with torch.no_grad():
+                t0 = time.perf_counter()
+                if self.server_states is not None:  # the codec merges its messages itself
+                    steps = self.server_update(held, total_weight)
+                else:
+                    steps = [a / total_weight for a in agg]
+                dec_s += time.perf_counter() - t0
                 for k, p in enumerate(self.params):
-                    step = agg[k] / total_weight
+                    step = steps[k]
                     if self.server_buf is not None:
                         self.server_buf[k].mul_(cfg["server_momentum"]).add_(step)
                         step = self.server_buf[k]
@@ -309,6 +385,7 @@ class Simulation:
             "clients": len(clients) - dropped,
             "clients_dropped": dropped,
             "clients_unavailable": int((~answered).sum()),
+            **self.extras,
             "_t_round": t_round,
         }
 
@@ -343,6 +420,8 @@ def run(
 
 def _run(cfg: Mapping[str, Any], on_round) -> dict[str, Any]:
     sim = Simulation(cfg)
+    # One row per synchronous round, or per FedBuff server step (``aggregation=fedbuff``).
+    stepper = fedbuff.FedBuff(sim) if cfg.get("aggregation", "sync") == "fedbuff" else sim
     rows: list[dict[str, Any]] = []
     status, error = "ok", None
     cum_up = cum_down = cum_dense = 0
@@ -353,7 +432,7 @@ def _run(cfg: Mapping[str, Any], on_round) -> dict[str, Any]:
     t_loop = time.perf_counter()
     for r in range(1, rounds + 1):
         try:
-            row = sim.round(r)
+            row = stepper.round(r)
         except Diverged as e:
             status, error = "diverged", str(e)
             log.warning("diverged: %s", e)

@@ -99,6 +99,19 @@ class Network:
             t += np.asarray(samples, dtype=np.float64) / self.compute_sps[clients]
         return t + 2 * self.latency
 
+    def upload_seconds(self, clients: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+        """Seconds to send ``nbytes`` on each client's own uplink, latency excluded. # (C,)"""
+        nbytes = np.asarray(nbytes, dtype=np.float64)
+        if self.uplink_bps is None:
+            return np.zeros(len(clients), dtype=np.float64)
+        return nbytes * 8.0 / self.uplink_bps[clients]
+
+    def budget_bytes(self, clients: np.ndarray, seconds: float) -> np.ndarray:
+        """Bytes each client can upload in ``seconds`` (inf on a free uplink). # (C,)"""
+        if self.uplink_bps is None:
+            return np.full(len(clients), np.inf)
+        return seconds * self.uplink_bps[clients] / 8.0
+
     def dropped(self, seconds: np.ndarray) -> np.ndarray:
         """Clients that miss the deadline (bool, one per client)."""
         if self.deadline is None:

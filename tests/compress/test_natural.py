@@ -87,5 +87,5 @@ def test_corrupt_exponents_raise():
 def test_header_claiming_many_values_fails_fast():
     msg = Natural().encode(torch.randn(13), torch.Generator())
     hostile = msg[:5] + bytes([1]) + struct.pack("<I", 2**30) + msg[10:]
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(ValueError):
         Natural().decode(hostile)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fedbench.compress import build, wire
+from fedbench.compress import quant as quant_module
 from fedbench.compress.quant import (
     QUANT_BITS,
     Quant,
@@ -123,7 +124,7 @@ def test_header_claiming_many_values_fails_fast():
     msg = Quant(bits=8).encode(torch.randn(13))
     hostile = msg[:5] + bytes([1]) + struct.pack("<I", 2**30) + msg[10:]
     start = time.perf_counter()
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(ValueError):
         Quant().decode(hostile)
     assert time.perf_counter() - start < 1.0
 
@@ -190,3 +191,27 @@ def test_row_abs_sum_does_not_depend_on_the_batch():
     for i in range(3):
         assert float(row_abs_sum(x[i : i + 1])[0]) == float(together[i])
     torch.testing.assert_close(together, x.double().abs().sum(-1))
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [("quant", {"bucket_size": 0}), ("quant", {"bucket_size": 7}),
+     ("quant", {"bucket_size": 5000, "stochastic": True}), ("quant", {"bits": 16}),
+     ("qsgd", {"bucket_size": 0}), ("qsgd", {"bucket_size": 5000}),
+     ("qsgd_elias", {"bucket_size": 3}), ("terngrad", {"bucket_size": 0}),
+     ("terngrad", {"bucket_size": 100})],
+)  # fmt: skip
+def test_chunked_paths_agree_between_batch_and_single(name, params, monkeypatch):
+    monkeypatch.setattr(quant_module, "CHUNK", 1000)
+    c = build(name, **params)
+    x = torch.randn(3, 12_345, generator=torch.Generator().manual_seed(0)).half()
+    msgs, decoded = c.compress_batch(x, gens(3))
+    for i, g in enumerate(gens(3)):
+        msg, one = c.compress(x[i], g)
+        assert msg == msgs[i]
+        torch.testing.assert_close(one, decoded[i], rtol=0, atol=0)
+    torch.testing.assert_close(c.decode_batch(msgs), decoded, rtol=0, atol=0)
+    if name == "quant" and not params.get("stochastic"):
+        step = bucket_steps(x[0].float(), c.bits, c.bucket_size)
+        err = (decoded[0].float() - x[0].float()).abs()
+        assert bool((err <= step / 2 * (1 + 1e-3) + 1e-3).all())

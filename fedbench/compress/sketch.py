@@ -1,0 +1,339 @@
+"""Count sketches of updates, merged and unsketched on the server: FetchSGD
+(Rothchild et al. 2020, ICML, "FetchSGD: Communication-Efficient Federated Learning with
+Sketching", Alg. 1; count sketch of Charikar et al. 2002).
+
+A client sends ``S(x)``, a ``rows x cols`` table: with bucket hashes ``h_j: [n] -> [cols]``
+and signs ``s_j: [n] -> {-1, +1}``, ``S[j, h_j(i)] += s_j(i) x_i``. The sketch is linear
+(``S(a x + b y) = a S(x) + b S(y)``), so the server can sum sketches before unsketching.
+``decode(msg)`` alone returns the count-sketch estimate ``x_i ~ median_j s_j(i) S[j, h_j(i)]``
+(the single-message contract; biased by collisions).
+
+Server side (:meth:`CountSketch.aggregate`, FetchSGD Alg. 1, lines 9-14), per tensor:
+
+    S   = sum_c w_c S_c / sum_c w_c           merge (weighted, like FedAvg)
+    S_u = rho S_u + S                          momentum, inside the sketch
+    S_e = S_e + S_u                            error feedback, inside the sketch
+    D   = top-k(U(S_e))                        unsketch the k heavy hitters
+    S_u[nz S(D)] = 0;  S_e[nz S(D)] = 0        zero the buckets that D occupies
+
+and the engine applies ``server_lr * D`` (the paper's ``eta`` sits outside: with a fixed
+learning rate the two are the same). The paper's optional second round trip (clients
+send the exact values at the k positions) is not implemented: D is the sketch estimate.
+
+The hashes come from ``hash_seed`` (one config value, so every client of a run uses the
+same ones and their sketches add); the seed travels in the message, so decode is
+self-describing, and :meth:`CountSketch.aggregate` refuses sketches whose seeds, rows or
+cols differ. A tensor with ``rows * cols >= n`` is sent dense instead (a sketch would be
+no smaller, or would have under ``MIN_COLS`` = 16 buckets a row); the server then applies its whole accumulated update (it is exact).
+
+Message layout, after ``wire.write_header(14, dtype, shape)``::
+
+    rows   u8       1..32 (0: dense, then n x f32 values and nothing else)
+    cols   u32      >= 16 (MIN_COLS), rows x cols < n
+    seed   u64      hash seed
+    table  rows x cols x f32, row-major
+
+    len(msg) = header_size(ndim) + 13 + 4 rows cols     (sketch)
+             = header_size(ndim) + 1 + 4 n              (dense)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from fedbench.compress import wire
+from fedbench.compress.base import Compressor, check_batch
+from fedbench.compress.sparse import check_ratio_k, require_finite, resolve_k, select_topk
+
+MAX_ROWS = 32
+# Fewer buckets a row than this estimate nothing (every value collides): such a tensor,
+# like one the sketch would not shrink, is sent dense.
+MIN_COLS = 16
+_FIELDS = struct.Struct("<BIQ")
+
+
+# Hash tables of up to this many entries are kept (a model has few distinct tensor sizes);
+# larger ones are rebuilt on each call, so hostile messages cannot pile up memory here.
+_CACHE_ENTRIES = 2**22
+# A decoder builds rows x n hashes (9 bytes each) for a message of n values: it refuses
+# more than this many (2^25: 300 MB), i.e. ~6.7M values a tensor at 5 rows.
+MAX_HASH_ENTRIES = wire.MAX_DECODE_NUMEL // 8
+
+
+def _hashes_cpu(seed: int, n: int, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    buckets = torch.randint(cols, (rows, n), generator=g, dtype=torch.int64)
+    signs = torch.randint(2, (rows, n), generator=g, dtype=torch.int8) * 2 - 1
+    # flat index into a (rows * cols) table
+    slots = buckets + torch.arange(rows, dtype=torch.int64)[:, None] * cols
+    return slots, signs
+
+
+_cached_hashes = functools.lru_cache(maxsize=16)(_hashes_cpu)
+
+
+def hashes(
+    seed: int, n: int, rows: int, cols: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The count sketch's hash functions for n coordinates, from ``seed`` alone.
+
+    Returns ``slots`` (rows, n) int64, the flat index ``j * cols + h_j(i)`` of coordinate
+    i's bucket in row j, and ``signs`` (rows, n) int8 in {-1, +1}.
+    """
+    make = _cached_hashes if rows * n <= _CACHE_ENTRIES else _hashes_cpu
+    slots, signs = make(int(seed), int(n), int(rows), int(cols))
+    return slots.to(device), signs.to(device)
+
+
+def sketch(x: torch.Tensor, slots: torch.Tensor, signs: torch.Tensor, cols: int) -> torch.Tensor:
+    """Count sketches of the rows of ``x`` (clients, n): (clients, rows, cols) float32."""
+    c, n = x.shape
+    rows = slots.shape[0]
+    signed = (x.to(torch.float32)[:, None, :] * signs.to(torch.float32)).reshape(c, rows * n)
+    table = torch.zeros(c, rows * cols, dtype=torch.float32, device=x.device)
+    table.scatter_add_(1, slots.reshape(1, -1).expand(c, -1), signed)
+    return table.reshape(c, rows, cols)
+
+
+def unsketch(table: torch.Tensor, slots: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """Count-sketch estimates (clients, n) from tables (clients, rows, cols): the median
+    over rows of ``s_j(i) S[j, h_j(i)]`` (the lower median when rows is even)."""
+    c, rows, cols = table.shape
+    n = slots.shape[1]
+    est = table.reshape(c, rows * cols).gather(1, slots.reshape(1, -1).expand(c, -1))
+    est = est.reshape(c, rows, n) * signs.to(torch.float32)
+    return est.median(dim=1).values if rows > 1 else est[:, 0]
+
+
+@dataclass
+class SketchServerState:
+    """The server's state for one tensor: momentum ``u`` and error ``e``, each a
+    (rows, cols) sketch, or an (n,) vector for a tensor sent dense."""
+
+    u: torch.Tensor
+    e: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    header: wire.Header
+    rows: int  # 0: dense
+    cols: int
+    seed: int
+    data: np.ndarray  # rows * cols (or n) float32
+
+
+class CountSketch(Compressor):
+    """FetchSGD's count sketch (Rothchild et al. 2020): clients send ``rows x cols``
+    sketches; the server merges them and keeps momentum and error feedback inside the
+    sketch. See the module doc for the equations and the wire format."""
+
+    name = "sketch"
+    codec_id = 14
+    biased = True
+    randomised = False  # the hashes come from hash_seed, not from a client's generator
+    keeps_residual: ClassVar[bool] = True  # S_e on the server: refuse client-side EF in a run
+
+    def __init__(
+        self,
+        rows: int = 5,
+        cols: int | None = None,
+        cols_ratio: float | None = 0.02,
+        ratio: float | None = 0.01,
+        k: int | None = None,
+        momentum: float = 0.9,
+        hash_seed: int = 0,
+    ) -> None:
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= MAX_ROWS:
+            raise ValueError(f"{self.name}: rows must be an integer in [1, {MAX_ROWS}], got {rows!r}")
+        if (cols is None) == (cols_ratio is None):
+            raise ValueError(
+                f"{self.name}: give exactly one of cols and cols_ratio (got cols={cols!r}, "
+                f"cols_ratio={cols_ratio!r}); set the other to null"
+            )
+        if cols is not None and (isinstance(cols, bool) or not isinstance(cols, int) or cols < 1):
+            raise ValueError(f"{self.name}: cols must be an integer >= 1, got {cols!r}")
+        if cols_ratio is not None and not (
+            isinstance(cols_ratio, int | float) and 0 < cols_ratio <= 1
+        ):
+            raise ValueError(f"{self.name}: cols_ratio must be in (0, 1], got {cols_ratio!r}")
+        check_ratio_k(self.name, ratio, k)
+        if not (isinstance(momentum, int | float) and 0 <= momentum < 1):
+            raise ValueError(f"{self.name}: momentum must be in [0, 1), got {momentum!r}")
+        if isinstance(hash_seed, bool) or not isinstance(hash_seed, int):
+            raise ValueError(f"{self.name}: hash_seed must be an integer, got {hash_seed!r}")
+        if not 0 <= hash_seed < 2**63:
+            raise ValueError(f"{self.name}: hash_seed must be in [0, 2^63), got {hash_seed}")
+        self.rows, self.cols, self.cols_ratio = rows, cols, cols_ratio
+        self.ratio, self.k = ratio, k
+        self.momentum = float(momentum)
+        self.hash_seed = hash_seed
+
+    def table_shape(self, n: int) -> tuple[int, int] | None:
+        """(rows, cols) of the sketch of n values, or None when it is sent dense."""
+        cols = self.cols if self.cols is not None else math.ceil(self.cols_ratio * n)
+        return None if self.rows * cols >= n or cols < MIN_COLS else (self.rows, cols)
+
+    # -- clients -------------------------------------------------------------------------
+    def compress_batch(self, x, generators=None, states=None):
+        """Sketch each row of ``x`` (clients, *shape); decoded = the count-sketch estimate."""
+        check_batch(self, x, generators, states)
+        require_finite(x, f"{self.name} input")
+        c, shape = x.shape[0], tuple(x.shape[1:])
+        n = math.prod(shape)
+        header = wire.write_header(self.codec_id, x.dtype, shape)
+        x2 = x.reshape(c, n).to(torch.float32)
+        if not bool(torch.isfinite(x2).all()):
+            raise ValueError(f"{self.name}: input overflows float32")
+        ts = self.table_shape(n)
+        if ts is None:
+            data = x2.cpu().numpy()
+            msgs = [header + bytes([0]) + data[i].tobytes() for i in range(c)]
+            return msgs, x2.to(x.dtype).reshape(x.shape)
+        rows, cols = ts
+        if rows * n > MAX_HASH_ENTRIES:
+            raise ValueError(
+                f"{self.name}: {rows} rows of hashes for {n} values exceed the decoders' "
+                f"limit ({MAX_HASH_ENTRIES}); lower rows or raise FEDBENCH_MAX_DECODE_NUMEL"
+            )
+        slots, signs = hashes(self.hash_seed, n, rows, cols, x.device)
+        table = sketch(x2, slots, signs, cols)
+        if not bool(torch.isfinite(table).all()):
+            raise ValueError(f"{self.name}: sketch overflows float32")
+        fields = _FIELDS.pack(rows, cols, self.hash_seed)
+        data = table.reshape(c, -1).cpu().numpy()
+        msgs = [header + fields + data[i].tobytes() for i in range(c)]
+        decoded = unsketch(table, slots, signs).to(x.dtype).reshape(x.shape)
+        return msgs, decoded
+
+    # -- receivers -----------------------------------------------------------------------
+    def _parse(self, msg: bytes) -> _Parsed:
+        r = wire.Reader(msg, f"{self.name} message")
+        h = r.header(self.codec_id)
+        rows = r.u8("rows")
+        if rows == 0:
+            data = r.array("<f4", h.numel, "values")
+            r.expect_end()
+            return _Parsed(h, 0, 0, 0, data)
+        if rows > MAX_ROWS:
+            raise ValueError(f"corrupt {self.name} message: rows={rows} > {MAX_ROWS}")
+        cols, seed = r.unpack("IQ", "cols and seed")
+        if cols < MIN_COLS:
+            raise ValueError(f"corrupt {self.name} message: cols={cols} < {MIN_COLS}")
+        if rows * cols >= max(h.numel, 1):
+            raise ValueError(
+                f"corrupt {self.name} message: a {rows}x{cols} sketch of {h.numel} values "
+                "(a sketch this large is sent dense)"
+            )
+        if rows * h.numel > MAX_HASH_ENTRIES:
+            raise ValueError(
+                f"corrupt {self.name} message: {rows} rows of hashes for {h.numel} values "
+                f"exceed the decoder's limit ({MAX_HASH_ENTRIES}; raise it with "
+                "FEDBENCH_MAX_DECODE_NUMEL)"
+            )
+        data = r.array("<f4", rows * cols, "sketch table")
+        r.expect_end()
+        return _Parsed(h, rows, cols, seed, data)
+
+    def _parse_all(self, msgs: Sequence[bytes]) -> tuple[list[_Parsed], torch.Tensor]:
+        """Parse messages of one tensor; they must share shape, dtype and hashes."""
+        if len(msgs) == 0:
+            raise ValueError(f"{self.name}: needs at least one message")
+        parsed = [self._parse(m) for m in msgs]
+        p0 = parsed[0]
+        for p in parsed[1:]:
+            if p.header != p0.header:
+                raise ValueError(f"{self.name}: messages in one batch differ in shape or dtype")
+            if (p.rows, p.cols, p.seed) != (p0.rows, p0.cols, p0.seed):
+                raise ValueError(
+                    f"{self.name}: sketches cannot be merged: one is {p0.rows}x{p0.cols} with "
+                    f"hash seed {p0.seed}, another {p.rows}x{p.cols} with hash seed {p.seed}; "
+                    "every client of a round must use the same rows, cols and hash_seed"
+                )
+        data = torch.from_numpy(np.stack([p.data for p in parsed]))
+        if not bool(torch.isfinite(data).all()):
+            raise ValueError(f"corrupt {self.name} message: non-finite values")
+        return parsed, data
+
+    def decode_batch(self, msgs, device=None):
+        """Count-sketch estimates (clients, *shape) on ``device`` (dense rows: exact)."""
+        parsed, data = self._parse_all(msgs)
+        p0 = parsed[0]
+        data = data.to(device)
+        if p0.rows == 0:
+            out = data
+        else:
+            slots, signs = hashes(p0.seed, p0.header.numel, p0.rows, p0.cols, data.device)
+            out = unsketch(data.reshape(len(msgs), p0.rows, p0.cols), slots, signs)
+        return out.to(p0.header.dtype).reshape(len(msgs), *p0.header.shape)
+
+    # -- the server (FetchSGD) -----------------------------------------------------------
+    def init_server_state(
+        self,
+        shape: Sequence[int],
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> SketchServerState:
+        """Zero momentum and error sketches for a tensor of ``shape``."""
+        n = math.prod(tuple(shape))
+        ts = self.table_shape(n)
+        size = (n,) if ts is None else ts
+        zeros = torch.zeros(size, dtype=torch.float32, device=device)
+        return SketchServerState(u=zeros, e=zeros.clone())
+
+    def aggregate(
+        self,
+        msgs: Sequence[bytes],
+        weights: torch.Tensor,
+        state: SketchServerState,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """The server's update for one tensor from the clients' sketches (FetchSGD Alg. 1).
+
+        msgs: one message per client; weights: (clients,) >= 0, not all zero (FedAvg's
+        sample counts). Updates ``state`` in place; returns D (*shape) in the messages'
+        dtype, which the engine applies as ``w += server_lr * D``.
+        """
+        parsed, data = self._parse_all(msgs)
+        p0 = parsed[0]
+        dev = state.u.device if device is None else torch.device(device)
+        w = torch.as_tensor(weights, dtype=torch.float32).to(dev).reshape(-1)
+        if w.numel() != len(msgs) or bool((w < 0).any()) or float(w.sum()) <= 0:
+            raise ValueError(
+                f"{self.name}: weights must be {len(msgs)} non-negative numbers, not all zero"
+            )
+        expect = (p0.header.numel,) if p0.rows == 0 else (p0.rows, p0.cols)
+        if tuple(state.u.shape) != expect:
+            raise ValueError(
+                f"{self.name}: server state is {tuple(state.u.shape)}, messages are {expect}; "
+                "the server and the clients must use the same rows and cols"
+            )
+        merged = torch.tensordot(w, data.to(dev), dims=1).reshape(expect) / w.sum()
+        state.u.mul_(self.momentum).add_(merged)
+        state.e.add_(state.u)
+        if p0.rows == 0:  # exact: apply all of it
+            update = state.e.clone()
+            state.u.zero_()
+            state.e.zero_()
+        else:
+            n = p0.header.numel
+            slots, signs = hashes(p0.seed, n, p0.rows, p0.cols, dev)
+            est = unsketch(state.e[None], slots, signs)  # (1, n)
+            idx = select_topk(est, resolve_k(self.ratio, self.k, n)).to(dev)[0]
+            update = torch.zeros(n, dtype=torch.float32, device=dev)
+            update[idx] = est[0, idx]
+            # The buckets S(D) occupies: those of the non-zero coordinates sent.
+            nz = idx[update[idx] != 0]
+            occupied = slots[:, nz].reshape(-1)
+            state.u.view(-1)[occupied] = 0
+            state.e.view(-1)[occupied] = 0
+        return update.to(p0.header.dtype).reshape(p0.header.shape)
