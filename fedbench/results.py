@@ -39,7 +39,9 @@ STATUSES = ("ok", "failed", "diverged", "partial")
 
 # Config keys that say where or how a run is computed, never what is computed: two runs
 # that differ only in these are the same experiment.
-OUTPUT_KEYS = frozenset({"store_dir", "force", "baseline", "device", "engine", "cohort_chunk"})
+OUTPUT_KEYS = frozenset(
+    {"store_dir", "force", "baseline", "device", "engine", "cohort_chunk", "threads"}
+)
 
 # Codec class name (lower case) -> family name, for run folders whose summary does not
 # name the family. Families are the codecs' ``name`` attribute.

@@ -120,7 +120,7 @@ class DGC(_Sparse):
     def _select(self, a: torch.Tensor, ks: list[int], gens) -> torch.Tensor:
         """(clients, n) bool mask of what each row sends: sampled threshold, then the
         exact top-k of the candidates if more than k passed. ``a`` = |v| (clients, n)."""
-        c, n = a.shape
+        n = a.shape[1]
         s = min(n, max(_MIN_SAMPLE, math.ceil(self.sample_ratio * n)))
         if s == n:
             sample = a
@@ -163,7 +163,9 @@ class DGC(_Sparse):
         require_finite(x, f"{self.name} input")
         c, shape = x.shape[0], tuple(x.shape[1:])
         n = math.prod(shape)
-        sts = [self.init_state(shape, dtype=x.dtype, device=x.device) if s is None else s for s in sts]
+        sts = [
+            self.init_state(shape, dtype=x.dtype, device=x.device) if s is None else s for s in sts
+        ]
         for s in sts:
             if not isinstance(s, DGCState) or tuple(s.u.shape) != shape:
                 raise ValueError(

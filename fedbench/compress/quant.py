@@ -301,8 +301,9 @@ class Quant(QuantisedCodec):
 
     Deterministic: ``code = round((x - lo) / step)``, error <= step/2 (biased).
     Stochastic: ``code = floor((x - lo)/step + u)``, u ~ U[0,1) (Gupta et al. 2015,
-    eq. 2), error < step and E[decode] = x (up to 2^-17 step, see
-    :func:`stochastic_floor_`). A constant bucket has step 0 and decodes exactly.
+    eq. 2), error < step and E[decode] = x (to ~2^-15 of a step, see
+    :func:`stochastic_floor_`). A constant bucket has step 0 and decodes exactly; a
+    range below 2^-100 is sent as constant too (error < 1e-28).
     Payload: ``5 + 8*nb + ceil(d*bits/8)`` bytes.
     """
 

@@ -23,8 +23,9 @@ send the exact values at the k positions) is not implemented: D is the sketch es
 The hashes come from ``hash_seed`` (one config value, so every client of a run uses the
 same ones and their sketches add); the seed travels in the message, so decode is
 self-describing, and :meth:`CountSketch.aggregate` refuses sketches whose seeds, rows or
-cols differ. A tensor with ``rows * cols >= n`` is sent dense instead (a sketch would be
-no smaller, or would have under ``MIN_COLS`` = 16 buckets a row); the server then applies its whole accumulated update (it is exact).
+cols differ. A tensor with ``rows * cols >= n`` or ``cols < MIN_COLS`` (16) is sent dense
+instead (the sketch would be no smaller, or would estimate nothing); the server then
+applies its whole accumulated update for that tensor (it is exact).
 
 Message layout, after ``wire.write_header(14, dtype, shape)``::
 
@@ -39,9 +40,9 @@ Message layout, after ``wire.write_header(14, dtype, shape)``::
 
 from __future__ import annotations
 
-import functools
 import math
 import struct
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -60,24 +61,29 @@ MIN_COLS = 16
 _FIELDS = struct.Struct("<BIQ")
 
 
-# Hash tables of up to this many entries are kept (a model has few distinct tensor sizes);
-# larger ones are rebuilt on each call, so hostile messages cannot pile up memory here.
-_CACHE_ENTRIES = 2**22
 # A decoder builds rows x n hashes (9 bytes each) for a message of n values: it refuses
-# more than this many (2^25: 300 MB), i.e. ~6.7M values a tensor at 5 rows.
-MAX_HASH_ENTRIES = wire.MAX_DECODE_NUMEL // 8
+# more than this many (2^26 entries, 600 MB; 13M values a tensor at 5 rows).
+MAX_HASH_ENTRIES = wire.MAX_DECODE_NUMEL // 4
+# Hash tables kept for reuse, in entries all told (a model has few distinct tensor sizes;
+# the oldest go first, so hostile messages cannot pile up memory here).
+_CACHE_ENTRIES = 2**26
+_cache: OrderedDict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
 
 def _hashes_cpu(seed: int, n: int, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (seed, n, rows, cols)
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key]
     g = torch.Generator().manual_seed(seed)
     buckets = torch.randint(cols, (rows, n), generator=g, dtype=torch.int64)
     signs = torch.randint(2, (rows, n), generator=g, dtype=torch.int8) * 2 - 1
     # flat index into a (rows * cols) table
     slots = buckets + torch.arange(rows, dtype=torch.int64)[:, None] * cols
+    _cache[key] = (slots, signs)
+    while sum(k[1] * k[2] for k in _cache) > _CACHE_ENTRIES:
+        _cache.popitem(last=False)
     return slots, signs
-
-
-_cached_hashes = functools.lru_cache(maxsize=16)(_hashes_cpu)
 
 
 def hashes(
@@ -88,8 +94,7 @@ def hashes(
     Returns ``slots`` (rows, n) int64, the flat index ``j * cols + h_j(i)`` of coordinate
     i's bucket in row j, and ``signs`` (rows, n) int8 in {-1, +1}.
     """
-    make = _cached_hashes if rows * n <= _CACHE_ENTRIES else _hashes_cpu
-    slots, signs = make(int(seed), int(n), int(rows), int(cols))
+    slots, signs = _hashes_cpu(int(seed), int(n), int(rows), int(cols))
     return slots.to(device), signs.to(device)
 
 
@@ -153,7 +158,9 @@ class CountSketch(Compressor):
         hash_seed: int = 0,
     ) -> None:
         if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= MAX_ROWS:
-            raise ValueError(f"{self.name}: rows must be an integer in [1, {MAX_ROWS}], got {rows!r}")
+            raise ValueError(
+                f"{self.name}: rows must be an integer in [1, {MAX_ROWS}], got {rows!r}"
+            )
         if (cols is None) == (cols_ratio is None):
             raise ValueError(
                 f"{self.name}: give exactly one of cols and cols_ratio (got cols={cols!r}, "

@@ -69,6 +69,8 @@ def dtype_code(dtype: torch.dtype) -> int:
 
 def write_header(codec: int, dtype: torch.dtype, shape: tuple[int, ...] | torch.Size) -> bytes:
     shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"invalid shape {shape}: negative dimension")
     if len(shape) > MAX_NDIM:
         raise ValueError(f"tensor has {len(shape)} dimensions; at most {MAX_NDIM} are supported")
     if math.prod(shape) > MAX_NUMEL:

@@ -21,17 +21,27 @@ if TYPE_CHECKING:
 __all__ = ["build_report", "summary_table"]
 
 
-def build_report(paths: Sequence[Path], out: Path | None = None, bench: Path | None = None) -> Path:
+def build_report(
+    paths: Sequence[Path],
+    out: Path | None = None,
+    bench: Path | None = None,
+    *,
+    runs: Runs | None = None,
+) -> Path:
     """Write the report of every run under ``paths`` into ``out`` (default
-    ``paths[0]/report``); ``bench`` is a pytest-benchmark JSON. Returns report.md's path."""
+    ``paths[0]/report``); ``bench`` is a pytest-benchmark JSON. ``runs``: the runs of
+    ``paths`` already loaded by :func:`fedbench.results.load_runs` (e.g. for
+    :func:`summary_table` just before), so they are not read twice. Returns report.md's
+    path."""
     from fedbench.report.build import build_report as _build
 
-    return _build(paths, out, bench)
+    return _build(paths, out, bench, runs=runs)
 
 
 def summary_table(runs: Runs) -> str:
-    """A markdown table, a row per cell: method + params, clients, final accuracy mean ± std
-    over seeds, Δ accuracy vs dense, uplink MB, measured ratio, rounds to target, status."""
+    """A markdown table, a row per cell: method (+ the codec parameters that vary), clients
+    and the other settings that split cells, final accuracy mean ± std over seeds,
+    Δ accuracy vs dense, uplink MB, measured ratio, rounds to target, status."""
     from fedbench.report.build import summary_table as _summary
 
     return _summary(runs)

@@ -67,36 +67,89 @@ def setting_columns(runs: Runs) -> list[str]:
     ]
 
 
+PARAM_META = frozenset({"_target_", "error_feedback", "defaults"})
+EF = "compressor.error_feedback"
+# Setting columns in the order tables prefer them when several split the runs the same
+# way (``network.name`` before ``network.uplink_bps``, ``num_clients`` before
+# ``clients_per_round``); the rest follow in config order.
+PREFERRED = ("num_clients", "local_steps", "local_epochs", "aggregation", "clients_per_round")
+
+
+def param_columns(df: pd.DataFrame) -> list[str]:
+    """``compressor.*`` columns holding codec constructor parameters (meta keys excluded)."""
+    return [
+        c
+        for c in df.columns
+        if isinstance(c, str) and c.startswith("compressor.") and c[11:] not in PARAM_META
+    ]
+
+
 def compressor_params(row: pd.Series) -> dict[str, Any]:
     """Constructor parameters of the run's codec (``compressor.*`` minus meta keys)."""
-    out = {}
-    for c, v in row.items():
-        if isinstance(c, str) and c.startswith("compressor.") and c.count(".") == 1:
-            k = c.split(".", 1)[1]
-            if k not in {"_target_", "error_feedback", "defaults"} and _norm(v) is not None:
-                out[k] = _norm(v)
-    return out
+    cols = param_columns(row.to_frame().T)
+    return {c[11:]: _norm(row[c]) for c in cols if _norm(row[c]) is not None}
 
 
 def _is_true(v: Any) -> bool:
     return _norm(v) is not None and bool(v) and str(v).lower() not in {"false", "0"}
 
 
-def label_of(row: pd.Series) -> str:
-    """Method name, its parameters and ``EF`` when error feedback is on: ``topk (ratio=0.01, EF)``."""
-    parts = [
-        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-        for k, v in sorted(compressor_params(row).items())
-    ]
-    if _is_true(row.get("compressor.error_feedback")):
+def full_label(row: pd.Series) -> str:
+    """Every codec parameter: ``topk (ratio=0.01, value_dtype=float32, EF)`` (for CSVs)."""
+    parts = [f"{k}={show(v)}" for k, v in sorted(compressor_params(row).items())]
+    if _is_true(row.get(EF)):
         parts.append("EF")
     method = str(row.get("method", "unknown"))
     return f"{method} ({', '.join(parts)})" if parts else method
 
 
+def method_labels(df: pd.DataFrame) -> pd.Series:
+    """A short label per run: its ``method`` (the Hydra compressor choice, ``quant8``) plus
+    only the codec parameters that vary between loaded runs of that method
+    (``quant bits=4``), and `` +EF`` when error feedback is on for some of them only.
+
+    Two runs get the same label exactly when their method and codec parameters agree.
+    """
+    labels = pd.Series("", index=df.index, dtype=object)
+    params = param_columns(df)
+    for method, g in df.groupby(df["method"].astype(str), sort=False):
+        vary = varying(g, params)
+        ef = g[EF].map(_is_true) if EF in g else pd.Series(False, index=g.index)
+        for i, r in g.iterrows():
+            parts = [f"{c[11:]}={show(r[c])}" for c in vary if _norm(r[c]) is not None]
+            label = f"{method} {', '.join(parts)}" if parts else method
+            labels[i] = label + (" +EF" if ef.nunique() > 1 and ef[i] else "")
+    return labels
+
+
 def varying(df: pd.DataFrame, cols: list[str]) -> list[str]:
     """The columns among ``cols`` that take more than one value in ``df``."""
     return [c for c in cols if c in df and df[c].map(_norm).astype(str).nunique() > 1]
+
+
+def splitting_settings(df: pd.DataFrame, cols: list[str]) -> list[str]:
+    """The fewest varying setting columns that tell the runs' settings apart.
+
+    Columns are tried in a preferred order (group names such as ``network.name`` and
+    ``partition.name`` first, then :data:`PREFERRED`, then config order) and one is kept
+    only when it splits the runs further than the columns kept before it, so a sweep
+    over ``network=lte,iot`` shows ``network.name`` and not its bandwidths too.
+    """
+    vary = varying(df, cols)
+    rank = {c: i for i, c in enumerate(PREFERRED)}
+
+    def order(c: str) -> tuple[int, int, int]:
+        group_name = c.count(".") == 1 and c.endswith(".name")
+        return (0 if group_name else 1 if c in rank else 2, rank.get(c, 0), cols.index(c))
+
+    kept: list[str] = []
+    groups = 1
+    for c in sorted(vary, key=order):
+        n = len({key_of(r, [*kept, c]) for _, r in df.iterrows()})
+        if n > groups:
+            kept.append(c)
+            groups = n
+    return sorted(kept, key=order)
 
 
 def rounds_to(rounds: pd.DataFrame, target: float) -> float:
@@ -111,6 +164,33 @@ def rounds_to(rounds: pd.DataFrame, target: float) -> float:
     if hit.empty:
         return float("nan")
     return float(hit.min() - rounds["round"].min() + 1)
+
+
+def cum_sim_seconds(rounds: pd.DataFrame) -> pd.Series:
+    """Cumulative simulated seconds per metrics row: ``cum_sim_seconds``, else a running
+    sum of ``sim_seconds`` per run; NaN when neither is logged."""
+    if "cum_sim_seconds" in rounds and rounds["cum_sim_seconds"].notna().any():
+        return pd.to_numeric(rounds["cum_sim_seconds"], errors="coerce")
+    if "sim_seconds" not in rounds or rounds.empty:
+        return pd.Series(np.nan, index=rounds.index, dtype=float)
+    s = pd.to_numeric(rounds["sim_seconds"], errors="coerce").fillna(0.0)
+    order = rounds.sort_values(["run_dir", "round"]).index
+    return s.loc[order].groupby(rounds.loc[order, "run_dir"]).cumsum().reindex(rounds.index)
+
+
+def at_target(rounds: pd.DataFrame, target: float) -> tuple[float, float]:
+    """Cumulative simulated seconds and uplink bytes when one run (its metrics rows,
+    sorted by round, with a ``_sim`` column from :func:`cum_sim_seconds`) first reaches
+    ``target`` held-out accuracy; NaN, NaN when it never does."""
+    if rounds.empty or not np.isfinite(target) or "test_accuracy" not in rounds:
+        return float("nan"), float("nan")
+    acc = pd.to_numeric(rounds["test_accuracy"], errors="coerce")
+    hit = rounds.loc[acc >= target]
+    if hit.empty:
+        return float("nan"), float("nan")
+    first = hit.iloc[0]
+    up = pd.to_numeric(pd.Series([first.get("cum_uplink_bytes")]), errors="coerce").iloc[0]
+    return float(first.get("_sim", np.nan)), float(up)
 
 
 def accuracy_at(rounds: pd.DataFrame, round_no: float) -> tuple[float, bool]:
@@ -133,7 +213,9 @@ def derive(runs: Runs) -> pd.DataFrame:
     codec), ``strategy``, ``dense_run``, ``ratio``, ``ratio_dense_run`` (dense run's
     uplink bytes / this run's), ``accuracy_pct``, ``impact_pts``, ``rel_accuracy_pct``,
     ``target``, ``rounds_to_target``, ``dense_rounds_to_target``, ``extra_rounds_pct``,
-    ``uplink_mb``.
+    ``sim_s_to_target`` and ``uplink_to_target_bytes`` (cumulative simulated seconds and
+    uplink bytes at the round that reached ``target``), ``sim_s_total`` (simulated seconds
+    of the whole run), ``uplink_mb``, ``params`` (every codec parameter, for CSVs).
     """
     df = runs.runs.copy()
     num = ["final_accuracy", "uplink_bytes", "compression_ratio", "target_accuracy"]
@@ -142,7 +224,8 @@ def derive(runs: Runs) -> pd.DataFrame:
     setting = setting_columns(runs)
     comp_cols = [c for c in runs.config_columns if c.startswith("compressor.")]
     seed = ["seed"] if "seed" in df else []
-    df["label"] = [label_of(r) for _, r in df.iterrows()]
+    df["label"] = method_labels(df)
+    df["params"] = [full_label(r) for _, r in df.iterrows()]
     df["setting_key"] = [key_of(r, setting) for _, r in df.iterrows()]
     df["match_key"] = [key_of(r, setting + seed) for _, r in df.iterrows()]
     df["cell_key"] = [key_of(r, setting + comp_cols + ["method"]) for _, r in df.iterrows()]
@@ -151,8 +234,9 @@ def derive(runs: Runs) -> pd.DataFrame:
     is_dense = (df["family"] == "none") & ~ef & (df["status"] == "ok") & ~df["partial"]
     dense = df.loc[is_dense].drop_duplicates("match_key").set_index("match_key")
 
-    by_run = {k: g.sort_values("round") for k, g in runs.rounds.groupby("run_dir")}
-    empty = pd.DataFrame(columns=["round", "test_accuracy"])
+    timed = runs.rounds.assign(_sim=cum_sim_seconds(runs.rounds))
+    by_run = {k: g.sort_values("round") for k, g in timed.groupby("run_dir")}
+    empty = pd.DataFrame(columns=["round", "test_accuracy", "_sim"])
     out: dict[str, list] = {
         k: []
         for k in (
@@ -165,6 +249,9 @@ def derive(runs: Runs) -> pd.DataFrame:
             "rounds_to_target",
             "dense_rounds_to_target",
             "extra_rounds_pct",
+            "sim_s_to_target",
+            "uplink_to_target_bytes",
+            "sim_s_total",
         )
     }
     for _, r in df.iterrows():
@@ -187,10 +274,16 @@ def derive(runs: Runs) -> pd.DataFrame:
         out["rounds_to_target"].append(rt)
         out["dense_rounds_to_target"].append(rt_d)
         out["extra_rounds_pct"].append(100.0 * (rt - rt_d) / rt_d if rt_d else np.nan)
+        mine = by_run.get(r["run_dir"], empty)
+        t_s, t_b = at_target(mine, target)
+        out["sim_s_to_target"].append(t_s)
+        out["uplink_to_target_bytes"].append(t_b)
+        out["sim_s_total"].append(float(mine["_sim"].iloc[-1]) if len(mine) else np.nan)
     for k, v in out.items():
         df[k] = v
     df["accuracy_pct"] = 100.0 * df["final_accuracy"]
     df["uplink_mb"] = df["uplink_bytes"] / 1e6
+    df["uplink_to_target_mb"] = df["uplink_to_target_bytes"] / 1e6
     return df
 
 
@@ -260,11 +353,21 @@ def mean_std_n(values: pd.Series) -> tuple[float, float, int]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
 
 
-def fmt(values: pd.Series, digits: int = 1, suffix: str = "", signed: bool = False) -> str:
-    """``mean ± std (n=k)`` of the finite values; ``–`` when there are none."""
+def fmt(
+    values: pd.Series,
+    digits: int = 1,
+    suffix: str = "",
+    signed: bool = False,
+    integer: bool = False,
+) -> str:
+    """``mean ± std (n=k)`` of the finite values; ``–`` when there are none.
+
+    ``integer``: the values are counts (rounds), so one value prints as ``10 (n=1)``;
+    a mean over several keeps ``digits`` decimals (``12.3 ± 1.2 (n=3)``).
+    """
     m, s, n = mean_std_n(values)
     if n == 0:
         return "–"
     sign = "+" if signed else ""
-    head = f"{m:{sign}.{digits}f}{suffix}"
+    head = f"{m:{sign}.{0 if integer and n == 1 else digits}f}{suffix}"
     return f"{head} ± {s:.{digits}f} (n={n})" if n > 1 else f"{head} (n=1)"

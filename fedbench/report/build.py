@@ -16,8 +16,14 @@ from fedbench.results import Runs, load_runs
 log = logging.getLogger(__name__)
 
 DEFINITIONS = [
+    "**Method**: the compressor chosen on the command line (`compressor=quant8`), plus only "
+    "the codec parameters that differ between runs of that method here (`quant bits=4`) "
+    "and `+EF` where error feedback is on for some of them only; every parameter is in "
+    "`runs.csv` (`params` and the `compressor.*` columns). Settings that differ between "
+    "runs (clients, network, partition, ...) get columns of their own: the fewest that "
+    "tell the cells apart.",
     "**Setting** of a run: its config minus the compressor group and minus keys that do not "
-    "change what is trained (`store_dir force baseline device engine cohort_chunk "
+    "change what is trained (`store_dir force baseline device engine cohort_chunk threads "
     "target_accuracy eval_every`). Runs of one setting and codec over seeds form a **cell**; "
     "every table cell is mean ± sample std over seeds, with n the number of runs.",
     "**Dense run** of a run: the finished run of the same setting *and seed* whose codec is "
@@ -49,16 +55,27 @@ def summary_table(runs: Runs) -> str:
     if runs.runs.empty:
         return "(no runs found)"
     df = analysis.derive(runs)
-    settings = analysis.varying(df, analysis.setting_columns(runs))
-    return markdown_table(tables.summary_rows(df, settings))
+    return markdown_table(tables.summary_rows(df, _settings(df, runs)))
 
 
-def build_report(paths: Sequence[Path], out: Path | None = None, bench: Path | None = None) -> Path:
+def _settings(df: pd.DataFrame, runs: Runs) -> list[str]:
+    return analysis.splitting_settings(df, analysis.setting_columns(runs))
+
+
+def build_report(
+    paths: Sequence[Path],
+    out: Path | None = None,
+    bench: Path | None = None,
+    *,
+    runs: Runs | None = None,
+) -> Path:
     """Write the report of every run under ``paths`` into ``out``; return report.md's path.
 
     ``out`` defaults to ``paths[0]/report``. Writes report.md, report.html, runs.csv,
-    rounds.csv, one CSV per table and the figures (PNG + SVG). Damaged or unfinished runs
-    are listed, never fatal; ValueError if a path does not exist or ``bench`` is unreadable.
+    rounds.csv, one CSV per table and the figures (PNG + SVG). ``runs``: the runs of
+    ``paths`` already loaded with :func:`fedbench.results.load_runs` (the end of a sweep
+    has them), so they are not read twice. Damaged or unfinished runs are listed, never
+    fatal; ValueError if a path does not exist or ``bench`` is unreadable.
     """
     paths = [Path(p) for p in ([paths] if isinstance(paths, str | Path) else paths)]
     if not paths:
@@ -69,7 +86,8 @@ def build_report(paths: Sequence[Path], out: Path | None = None, bench: Path | N
     out = Path(out) if out is not None else paths[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
     figdir = out / "figures"
-    runs = load_runs(paths)
+    if runs is None:
+        runs = load_runs(paths)
     # A report folder inside DIR holds no run folders, so rebuilding it is idempotent.
     df = analysis.derive(runs) if not runs.runs.empty else None
     doc = Document()
@@ -87,7 +105,7 @@ def build_report(paths: Sequence[Path], out: Path | None = None, bench: Path | N
     )
     doc.heading("Definitions")
     doc.bullets(DEFINITIONS)
-    settings = analysis.varying(df, analysis.setting_columns(runs))
+    settings = _settings(df, runs)
     mismatch = analysis.ratio_mismatches(df)
 
     t1_shown, t1 = tables.method_comparison(df, settings)
@@ -125,6 +143,19 @@ def build_report(paths: Sequence[Path], out: Path | None = None, bench: Path | N
     t4_shown, t4 = tables.client_scaling(df, settings)
     doc.heading("4. Client scaling")
     doc.table(t4_shown)
+
+    t5 = None
+    if tables.has_sim_time(df):
+        t5_shown, t5 = tables.time_to_accuracy(df, settings)
+        doc.heading("5. Time to accuracy")
+        doc.para(
+            "Simulated wall-clock time under each run's network model (`network.*`: "
+            "bandwidths, latency, client compute speed, stragglers; a round lasts until "
+            "its slowest kept client has uploaded) until held-out accuracy first reaches "
+            "the target defined above, and the uplink bytes sent by then. Means over the "
+            "seeds that reached it (*Reached*); fastest first within each network."
+        )
+        doc.table(t5_shown)
 
     doc.heading("Figures")
     ok = df.loc[(df["status"] == "ok") & ~df["partial"]]
@@ -180,7 +211,10 @@ def build_report(paths: Sequence[Path], out: Path | None = None, bench: Path | N
         ("table3_strategies", t3),
         ("table4_client_scaling", t4),
         ("local_sgd", local),
+        ("table5_time_to_accuracy", t5),
     ]:
+        if table is None:
+            continue
         table.to_csv(out / f"{name}.csv", index=False)
     return _write(doc, out, runs, df)
 

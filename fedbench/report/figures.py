@@ -16,9 +16,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fedbench.report.analysis import key_of, show
+from fedbench.report.analysis import cum_sim_seconds, key_of, show
 
-MAX_PANELS = 6
+LINESTYLES = ("-", "--", ":", "-.")  # the next one after each 10 colours
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
+MARKERS_PER_LINE = 12  # markers only tell overlapping lines apart; more would clutter
+DENSE = {"color": "black", "ls": "-", "marker": "", "lw": 2.6, "alpha": 0.55, "zorder": 1}
 # Settings drawn as separate lines in one panel (local SGD's K), not as separate panels.
 LINE_SETTINGS = ("local_steps", "local_epochs")
 
@@ -26,23 +29,50 @@ LINE_SETTINGS = ("local_steps", "local_epochs")
 def _save(fig: Figure, out: Path, stem: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{stem}.png"
-    fig.savefig(png, dpi=110)
-    fig.savefig(out / f"{stem}.svg")
+    # tight: the legend sits outside the axes and must not be cut off.
+    fig.savefig(png, dpi=110, bbox_inches="tight")
+    fig.savefig(out / f"{stem}.svg", bbox_inches="tight")
     return png
 
 
-def colours(labels: list[str]) -> dict[str, tuple]:
-    """A stable colour per method label (tab10, then tab20)."""
+def is_dense_label(label: str) -> bool:
+    """The dense baseline's label (``none``, ``none [local_steps=4]``)."""
+    return label == "none" or label.startswith(("none [", "none ("))
+
+
+def styles(labels: list[str]) -> dict[str, dict]:
+    """A stable, distinct look per label (``color``, ``ls``, ``marker``, ``lw``, ``alpha``,
+    ``zorder``): the first dense label a thick grey-black line drawn under the others (the
+    reference; a codec that matches it lies on top of it), the rest tab10 colours with a
+    marker each, then the same colours with the next line style for labels 11-20, etc."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if len(labels) <= 10 else "tab20"]
-    return {lab: cmap(i % cmap.N) for i, lab in enumerate(sorted(labels))}
+    cmap = colormaps["tab10"]
+    ordered = sorted(labels)
+    dense = next((lab for lab in ordered if is_dense_label(lab)), None)
+    out = {dense: dict(DENSE)} if dense is not None else {}
+    for i, lab in enumerate(x for x in ordered if x != dense):
+        out[lab] = {
+            "color": cmap(i % 10),
+            "ls": LINESTYLES[(i // 10) % len(LINESTYLES)],
+            "marker": MARKERS[(i + 3 * (i // 10)) % len(MARKERS)],
+            "lw": 1.6,
+            "alpha": 1.0,
+            "zorder": 2,
+        }
+    return out
+
+
+def _point_style(look: dict) -> dict:
+    """A line look for a point plot (error bars): a marker always, no line style."""
+    return {"color": look["color"], "fmt": look["marker"] or "o", "zorder": look["zorder"] + 1}
 
 
 def _panels(n: int, title: str) -> tuple[Figure, list]:
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(5.2 * cols, 3.9 * rows + 0.4), layout="constrained")
+    width = 5.2 * cols if n > 1 else 6.4
+    fig = Figure(figsize=(width, 3.9 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -51,9 +81,13 @@ def _panels(n: int, title: str) -> tuple[Figure, list]:
 
 
 def setting_title(df: pd.DataFrame, settings: list[str]) -> str:
-    """``num_clients=10, partition.alpha=0.5`` for the varying settings of one panel."""
+    """``num_clients=10, network=lte`` for the varying settings of one panel ("" if none)."""
     first = df.iloc[0]
-    return ", ".join(f"{c}={show(first.get(c))}" for c in settings) or "all runs"
+    return ", ".join(f"{_short(c)}={show(first.get(c))}" for c in settings)
+
+
+def _short(col: str) -> str:
+    return col[:-5] if col.endswith(".name") and col.count(".") == 1 else col
 
 
 def split_settings(settings: list[str]) -> tuple[list[str], list[str]]:
@@ -74,20 +108,24 @@ def line_label(cell: pd.DataFrame, line_cols: list[str]) -> str:
 
 def _panel_groups(ok: pd.DataFrame, panel_cols: list[str]) -> list[pd.DataFrame]:
     keys = [key_of(r, panel_cols) for _, r in ok.iterrows()]
-    return [g for _, g in ok.groupby(keys, sort=True)][:MAX_PANELS]
+    return [g for _, g in ok.groupby(keys, sort=True)]
 
 
 def _legend(fig: Figure, axes: list) -> None:
-    """One legend for all panels, below them (same colour = same line everywhere)."""
+    """One legend for all panels, right of them (same look = same cell everywhere);
+    a second column from 20 entries so it never runs off the figure."""
     seen: dict[str, object] = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(lab, h)
+    # Anchored just right of the figure: the axes keep their width, and _save's tight
+    # bounding box grows the image to hold the legend.
     fig.legend(
         list(seen.values()),
         list(seen),
-        loc="outside lower center",
-        ncols=min(3, len(seen)),
+        loc="upper left",
+        bbox_to_anchor=(1.0, 0.97),
+        ncols=1 if len(seen) < 20 else 2,
         fontsize=8,
         frameon=False,
     )
@@ -103,12 +141,13 @@ def _curves(
     xlabel: str,
     title: str,
     logx: bool = False,
+    xticks: Callable[[float, object], str] | None = None,
 ) -> Path | None:
     if ok.empty or rounds.empty or "test_accuracy" not in rounds:
         return None
     panel_cols, line_cols = split_settings(settings)
     names = {k: line_label(g, line_cols).rsplit(" (n=", 1)[0] for k, g in ok.groupby("cell_key")}
-    colour = colours(sorted(set(names.values())))
+    look = styles(sorted(set(names.values())))
     groups = _panel_groups(ok, panel_cols)
     fig, axes = _panels(len(groups), title)
     for ax, g in zip(axes, groups, strict=True):
@@ -121,13 +160,30 @@ def _curves(
                 continue
             agg = r.groupby("round").agg(x=("x", "mean"), m=("acc", "mean"), s=("acc", "std"))
             agg["s"] = agg["s"].fillna(0.0)
-            c = colour[names[key]]
-            ax.plot(agg["x"], agg["m"], color=c, label=line_label(cell, line_cols), lw=1.6)
+            st = look[names[key]]
+            ax.plot(
+                agg["x"],
+                agg["m"],
+                label=line_label(cell, line_cols),
+                markevery=max(1, len(agg) // MARKERS_PER_LINE),
+                ms=4,
+                **st,
+            )
             ax.fill_between(
-                agg["x"], agg["m"] - agg["s"], agg["m"] + agg["s"], color=c, alpha=0.25, lw=0
+                agg["x"],
+                agg["m"] - agg["s"],
+                agg["m"] + agg["s"],
+                color=st["color"],
+                alpha=0.15,
+                lw=0,
+                zorder=0,
             )
         if logx:
             ax.set_xscale("log")
+        if xticks is not None:
+            from matplotlib.ticker import FuncFormatter
+
+            ax.xaxis.set_major_formatter(FuncFormatter(xticks))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out accuracy (%)")
         ax.set_title(setting_title(g, panel_cols), fontsize=9)
@@ -165,29 +221,27 @@ def accuracy_vs_bytes(ok, rounds, settings, out):
         out,
         "accuracy_vs_uplink_bytes",
         x,
-        "cumulative uplink bytes (all clients, log scale)",
+        "cumulative uplink bytes, all clients (log scale)",
         "Held-out accuracy vs uplink bytes (mean ± std over seeds)",
         logx=True,
+        xticks=lambda v, _: si_bytes(v),
     )
 
 
-def sim_time(rounds: pd.DataFrame) -> pd.Series:
-    """Cumulative simulated seconds per row: ``cum_sim_seconds`` or a running sum."""
-    if "cum_sim_seconds" in rounds and rounds["cum_sim_seconds"].notna().any():
-        return pd.to_numeric(rounds["cum_sim_seconds"], errors="coerce")
-    if "sim_seconds" not in rounds:
-        return pd.Series(np.nan, index=rounds.index)
-    s = pd.to_numeric(rounds["sim_seconds"], errors="coerce").fillna(0.0)
-    order = rounds.sort_values(["run_dir", "round"]).index
-    return s.loc[order].groupby(rounds.loc[order, "run_dir"]).cumsum().reindex(rounds.index)
+def si_bytes(v: float) -> str:
+    """``1e6`` -> ``1 MB``, ``2.5e4`` -> ``25 kB`` (decimal prefixes, as bandwidths are)."""
+    for scale, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(v) >= scale:
+            return f"{v / scale:g} {unit}"
+    return f"{v:g} B"
 
 
 def accuracy_vs_time(ok, rounds, settings, out):
     """Accuracy against simulated time under the network model (None if all zero)."""
-    t = sim_time(rounds.loc[rounds["run_dir"].isin(ok["run_dir"])])
+    t = cum_sim_seconds(rounds.loc[rounds["run_dir"].isin(ok["run_dir"])])
     if t.empty or not (t.fillna(0) > 0).any():
         return None
-    rounds = rounds.assign(_sim=sim_time(rounds))
+    rounds = rounds.assign(_sim=cum_sim_seconds(rounds))
     return _curves(
         ok,
         rounds,
@@ -218,7 +272,7 @@ def ratio_vs_accuracy(ok, settings, out):
         return None
     panel_cols, line_cols = split_settings(settings)
     names = {k: line_label(g, line_cols).rsplit(" (n=", 1)[0] for k, g in ok.groupby("cell_key")}
-    colour = colours(sorted(set(names.values())))
+    look = styles(sorted(set(names.values())))
     groups = _panel_groups(ok, panel_cols)
     fig, axes = _panels(len(groups), "Compression ratio vs final accuracy (error bars: ± std)")
     for ax, g in zip(axes, groups, strict=True):
@@ -231,10 +285,9 @@ def ratio_vs_accuracy(ok, settings, out):
                 a.mean(),
                 xerr=r.std(ddof=1) if len(r) > 1 else 0,
                 yerr=a.std(ddof=1) if len(a) > 1 else 0,
-                fmt="o",
-                ms=6,
+                **_point_style(look[names[key]]),
+                ms=7,
                 capsize=3,
-                color=colour[names[key]],
                 label=line_label(cell, line_cols),
             )
         xy = np.array(pts)
@@ -248,9 +301,15 @@ def ratio_vs_accuracy(ok, settings, out):
             marker="o",
             ms=11,
             mfc="none",
-            label="Pareto frontier (no cell has both more ratio and accuracy)",
+            label="Pareto frontier",
+            zorder=0,
         )
         ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter, LogLocator
+
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         lo, hi = xy[:, 0].min(), xy[:, 0].max()
         ax.set_xlim(lo / 1.6, hi * 1.6)
         ax.set_xlabel("measured compression ratio (dense bytes / wire bytes, log scale)")
@@ -268,7 +327,7 @@ def client_scaling(ok, settings, out):
     others = [c for c in settings if c not in {"num_clients", "clients_per_round"}]
     keys = [key_of(r, ["label", *others]) for _, r in ok.iterrows()]
     lines = {k: line_label(g, others).rsplit(" (n=", 1)[0] for k, g in ok.groupby(keys)}
-    colour = colours(sorted(set(lines.values())))
+    look = styles(sorted(set(lines.values())))
     fig = Figure(figsize=(7.5, 5.2), layout="constrained")
     ax = fig.subplots()
     for key, g in sorted(ok.groupby(keys), key=lambda kv: lines[kv[0]]):
@@ -277,9 +336,11 @@ def client_scaling(ok, settings, out):
             pts.index,
             pts["mean"],
             yerr=pts["std"].fillna(0.0),
-            marker="o",
+            marker=look[lines[key]]["marker"] or "o",
+            ls=look[lines[key]]["ls"],
             capsize=3,
-            color=colour[lines[key]],
+            color=look[lines[key]]["color"],
+            zorder=look[lines[key]]["zorder"],
             label=f"{lines[key]} (n={_span(pts['count'])})",
         )
     ax.set_xscale("log")
@@ -340,15 +401,17 @@ def bench_throughput(bench: pd.DataFrame, out: Path):
         return None
     fig = Figure(figsize=(7.5, 4.6), layout="constrained")
     ax = fig.subplots()
-    colour = colours(list(bench["series"].unique()))
+    look = styles(list(bench["series"].unique()))
     for series, g in bench.groupby("series", sort=True):
         g = g.sort_values("elements")
-        ax.plot(g["elements"], g["throughput_meps"], marker="o", color=colour[series], label=series)
+        ax.plot(
+            g["elements"], g["throughput_meps"], label=series, **(look[series] | {"marker": "o"})
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("tensor size (elements, log scale)")
     ax.set_ylabel("throughput (million elements / s, median)")
     ax.set_title("Compressor kernel throughput (pytest-benchmark)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="best")
+    _legend(fig, [ax])
     return _save(fig, out, "bench_throughput")

@@ -85,7 +85,10 @@ def verdict(claim: Claim, ratio: float, impact_pts: float) -> str:
 
 
 def _short(col: str) -> str:
-    return col.replace("dataset.", "").replace("partition.", "partition ").replace(".", " ")
+    """A setting column as a table header: ``network.name`` -> ``network``."""
+    if col.endswith(".name") and col.count(".") == 1:
+        return col[:-5]
+    return col.replace("dataset.", "").replace(".", " ")
 
 
 def cells(df: pd.DataFrame) -> list[pd.DataFrame]:
@@ -107,7 +110,7 @@ def method_comparison(df: pd.DataFrame, settings: list[str]) -> tuple[pd.DataFra
             "Ratio (x)": fmt(g["ratio"], 2),
             "Δ accuracy vs dense (pts)": fmt(g["impact_pts"], 2, signed=True),
             "Final accuracy (%)": fmt(g["accuracy_pct"], 2),
-            "Rounds to target": fmt(g["rounds_to_target"], 1)
+            "Rounds to target": fmt(g["rounds_to_target"], 1, integer=True)
             + f" [{int(g['rounds_to_target'].notna().sum())}/{len(g)} reached]",
             "Extra rounds vs dense": fmt(g["extra_rounds_pct"], 0, "%", signed=True),
             "Uplink (MB)": fmt(g["uplink_mb"], 3),
@@ -115,7 +118,12 @@ def method_comparison(df: pd.DataFrame, settings: list[str]) -> tuple[pd.DataFra
             "Verdict": verdict(claim, r[0], imp[0]) if claim else "",
         }
         shown.append(row_s)
-        row_d = {"method": first["method"], "label": first["label"], "family": first["family"]}
+        row_d = {
+            "method": first["method"],
+            "label": first["label"],
+            "params": first["params"],
+            "family": first["family"],
+        }
         row_d |= {c: first.get(c) for c in settings}
         for col in [
             "ratio",
@@ -262,6 +270,7 @@ def client_scaling(df: pd.DataFrame, settings: list[str]) -> tuple[pd.DataFrame,
         )
         row = {
             "label": first["label"],
+            "params": first["params"],
             "num_clients": first.get("num_clients"),
             "clients_per_round": first.get("clients_per_round"),
         }
@@ -271,6 +280,64 @@ def client_scaling(df: pd.DataFrame, settings: list[str]) -> tuple[pd.DataFrame,
             row |= {f"{col}_mean": m, f"{col}_std": s, f"{col}_n": n}
         data.append(row)
     return pd.DataFrame(shown), pd.DataFrame(data)
+
+
+NETWORK = "network.name"
+
+
+def has_sim_time(df: pd.DataFrame) -> bool:
+    """True when any run has non-zero simulated time (a network model other than ideal)."""
+    return bool((pd.to_numeric(df["sim_s_total"], errors="coerce").fillna(0) > 0).any())
+
+
+def time_to_accuracy(df: pd.DataFrame, settings: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 5: per cell of ``ok`` runs under each network model, simulated seconds and
+    uplink bytes until held-out accuracy first reaches the target (rows: network, then
+    fastest first). ``settings``: varying setting keys; the network is always shown."""
+    ok = df.loc[(df["status"] == "ok") & ~df["partial"]]
+    others = [c for c in settings if not c.startswith("network.")]
+    groups = cells(ok)
+    groups.sort(
+        key=lambda g: (
+            show(g.iloc[0].get(NETWORK)),
+            str([show(g[c].iloc[0]) for c in others]),
+            _nan_last(mean_std_n(g["sim_s_to_target"])[0]),
+            g["label"].iloc[0],
+        )
+    )
+    shown, data = [], []
+    for g in groups:
+        first = g.iloc[0]
+        secs = pd.to_numeric(g["sim_s_total"], errors="coerce")
+        reached = int(g["sim_s_to_target"].notna().sum())
+        shown.append(
+            {"Method": first["label"], _short(NETWORK): show(first.get(NETWORK))}
+            | {_short(c): show(first.get(c)) for c in others}
+            | {
+                "Sim. time to target (s)": fmt(g["sim_s_to_target"], _digits(secs)),
+                "Uplink to target (MB)": fmt(g["uplink_to_target_mb"], 3),
+                "Reached": f"{reached}/{len(g)}",
+                "Sim. time, all rounds (s)": fmt(g["sim_s_total"], _digits(secs)),
+                "Final accuracy (%)": fmt(g["accuracy_pct"], 2),
+            }
+        )
+        row = {"label": first["label"], "params": first["params"], "network": first.get(NETWORK)}
+        row |= {c: first.get(c) for c in others}
+        for col in ["sim_s_to_target", "uplink_to_target_mb", "sim_s_total", "accuracy_pct"]:
+            m, s, n = mean_std_n(g[col])
+            row |= {f"{col}_mean": m, f"{col}_std": s, f"{col}_n": n}
+        data.append(row | {"run_dirs": ";".join(g["run_dir"])})
+    return pd.DataFrame(shown), pd.DataFrame(data)
+
+
+def _digits(values: pd.Series) -> int:
+    """Decimals that keep about three significant digits of the typical value."""
+    typical = float(np.nanmedian(values)) if values.notna().any() else 1.0
+    return 0 if typical >= 100 else 1 if typical >= 10 else 2 if typical >= 1 else 3
+
+
+def _nan_last(v: float) -> float:
+    return v if np.isfinite(v) else np.inf
 
 
 def status_counts(g: pd.DataFrame) -> str:
@@ -297,7 +364,7 @@ def summary_rows(df: pd.DataFrame, settings: list[str]) -> pd.DataFrame:
                 "Δ vs dense (pts)": fmt(ok["impact_pts"], 2, signed=True),
                 "uplink MB": fmt(ok["uplink_mb"], 3),
                 "ratio (x)": fmt(ok["ratio"], 2),
-                "rounds to target": fmt(ok["rounds_to_target"], 1),
+                "rounds to target": fmt(ok["rounds_to_target"], 1, integer=True),
                 "status": status_counts(g),
             }
         )

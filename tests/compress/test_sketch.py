@@ -93,11 +93,11 @@ def test_the_seed_travels_in_the_message_and_must_match_to_merge():
 def test_aggregate_is_fetchsgd_algorithm_1_by_hand():
     """S = sum w S_c; S_u = rho S_u + S; S_e += S_u; D = top-k(U(S_e)); zero S(D)'s buckets."""
     n, rho = 4000, 0.5
-    c = CountSketch(rows=3, cols=200, cols_ratio=None, ratio=None, k=2, momentum=rho)
-    slots, signs = hashes(0, n, 3, 200)
+    c = CountSketch(rows=5, cols=400, cols_ratio=None, ratio=None, k=2, momentum=rho)
+    slots, signs = hashes(0, n, 5, 400)
     state = c.init_server_state((n,))
-    u = torch.zeros(3, 200)
-    e = torch.zeros(3, 200)
+    u = torch.zeros(5, 400)
+    e = torch.zeros(5, 400)
     for t in range(3):
         xs = [spiky(n, {100 * t + 5: 3.0 + t, 2000 + t: -2.0}, seed=10 * t + i) for i in range(3)]
         w = torch.tensor([0.2, 0.3, 0.5])

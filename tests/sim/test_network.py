@@ -45,6 +45,16 @@ def test_deadline_drops_exactly_the_late_clients() -> None:
     assert net.round_seconds(on_time, net.dropped(on_time)) == pytest.approx(2.2)
 
 
+def test_upload_seconds_and_budget_bytes_hand_worked() -> None:
+    net = network.Network(LINK, num_clients=3, seed=0)
+    # 100 kB/s uplink, latency excluded: 5e4 B => 0.5 s; 0.25 s => 25 kB
+    np.testing.assert_allclose(net.upload_seconds(np.array([1, 2]), [50_000, 0]), [0.5, 0.0])
+    np.testing.assert_allclose(net.budget_bytes(np.array([0]), 0.25), [25_000.0])
+    free = network.Network({"name": "ideal"}, num_clients=2, seed=0)
+    assert free.upload_seconds(np.arange(2), [10**9, 1]).tolist() == [0.0, 0.0]
+    assert np.isinf(free.budget_bytes(np.arange(2), 1.0)).all()
+
+
 def test_ideal_costs_nothing() -> None:
     net = network.Network({"name": "ideal"}, num_clients=2, seed=0)
     t = net.client_seconds(np.arange(2), 10**9, np.array([10**9, 1]), np.array([10**6, 1]))
