@@ -33,14 +33,27 @@ def _cell_configs(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     return cells
 
 
+DENSE_OVERRIDES: dict[str, Any] = {
+    "downlink": "none",
+    "downlink_error_feedback": False,
+    "upload_budget_s": None,
+    "adaptive_choices": None,
+    "lazy_threshold": None,
+    "aggregation": "sync",
+    "async_concurrency": None,
+    "async_buffer_size": None,
+}
+
+
 def dense_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The same setting with every update sent dense: the baseline of accuracy impact."""
+    """The same setting with every update sent dense, synchronously, by every client:
+    the baseline of accuracy impact (edge strategies off, since they exist to save bytes).
+    """
     from fedbench.compress import load_config
 
     dense = copy.deepcopy(cfg)
     dense["compressor"] = load_config("none")
-    dense["downlink"] = "none"
-    dense["downlink_error_feedback"] = False
+    dense.update(DENSE_OVERRIDES)
     return dense
 
 

@@ -87,6 +87,11 @@ def from_config(cfg: Mapping[str, Any]) -> Compressor:
             f"compressor {cls.__name__} has no parameter(s) {sorted(unknown)}; "
             f"allowed: {sorted(sig.parameters)} and error_feedback"
         )
+    if cfg.get("error_feedback", False) and getattr(cls, "keeps_residual", False):
+        raise ValueError(
+            f"compressor.error_feedback=true is invalid for {cls.__name__}: it keeps its own "
+            "residual, so error feedback would apply twice; set compressor.error_feedback=false"
+        )
     codec = cls(**kwargs)
     if cfg.get("error_feedback", False):
         codec = ErrorFeedback(codec)

@@ -6,7 +6,9 @@ Definitions (the report states them too):
   where or how it is computed (:data:`fedbench.results.OUTPUT_KEYS`) and minus
   ``target_accuracy``/``eval_every`` (they change what is logged, not what is trained);
 - *dense run* of a run: the ``ok`` run with the same setting (seed included) whose
-  codec family is ``none`` without error feedback;
+  codec family is ``none`` without error feedback, sent synchronously with every edge
+  strategy off (:data:`EDGE_DEFAULTS`: what the app's sweep adds as the baseline); when
+  there is none, the codec-``none`` run of exactly the same setting;
 - *measured ratio*: ``summary.compression_ratio`` (dense uplink bytes / wire uplink
   bytes, from totals); when absent, the dense run's uplink bytes / this run's;
 - *accuracy impact*: final held-out accuracy minus the dense run's, in points;
@@ -67,6 +69,18 @@ def setting_columns(runs: Runs) -> list[str]:
     ]
 
 
+# Edge strategies and their "off" values: the app's dense baseline of any run has these
+# (``fedbench.sweep.dense_config``), so a run is matched to its dense run without them.
+EDGE_DEFAULTS: dict[str, Any] = {
+    "downlink": "none",
+    "downlink_error_feedback": False,
+    "upload_budget_s": None,
+    "adaptive_choices": None,
+    "lazy_threshold": None,
+    "aggregation": "sync",
+    "async_concurrency": None,
+    "async_buffer_size": None,
+}
 PARAM_META = frozenset({"_target_", "error_feedback", "defaults"})
 EF = "compressor.error_feedback"
 # Setting columns in the order tables prefer them when several split the runs the same
@@ -152,6 +166,12 @@ def splitting_settings(df: pd.DataFrame, cols: list[str]) -> list[str]:
     return sorted(kept, key=order)
 
 
+def _is_default(v: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return _is_true(v) == default
+    return _norm(v) is None if default is None else str(_norm(v)) == str(default)
+
+
 def rounds_to(rounds: pd.DataFrame, target: float) -> float:
     """Rounds needed to first reach ``target`` held-out accuracy (NaN if never).
 
@@ -228,11 +248,21 @@ def derive(runs: Runs) -> pd.DataFrame:
     df["params"] = [full_label(r) for _, r in df.iterrows()]
     df["setting_key"] = [key_of(r, setting) for _, r in df.iterrows()]
     df["match_key"] = [key_of(r, setting + seed) for _, r in df.iterrows()]
+    base = [c for c in setting if c not in EDGE_DEFAULTS]
+    df["base_key"] = [key_of(r, base + seed) for _, r in df.iterrows()]
     df["cell_key"] = [key_of(r, setting + comp_cols + ["method"]) for _, r in df.iterrows()]
     df["strategy"] = df["family"].map(STRATEGY).fillna("")
     ef = df.get("compressor.error_feedback", pd.Series(False, index=df.index)).map(_is_true)
     is_dense = (df["family"] == "none") & ~ef & (df["status"] == "ok") & ~df["partial"]
-    dense = df.loc[is_dense].drop_duplicates("match_key").set_index("match_key")
+    plain = is_dense & pd.Series(
+        [all(_is_default(r.get(k), v) for k, v in EDGE_DEFAULTS.items()) for _, r in df.iterrows()],
+        index=df.index,
+        dtype=bool,
+    )
+    # The app's baseline (edge strategies off) first; else the codec-none run of the
+    # very same setting (run folders made without the app's baselines).
+    dense_base = df.loc[plain].drop_duplicates("base_key").set_index("base_key")
+    dense_same = df.loc[is_dense].drop_duplicates("match_key").set_index("match_key")
 
     timed = runs.rounds.assign(_sim=cum_sim_seconds(runs.rounds))
     by_run = {k: g.sort_values("round") for k, g in timed.groupby("run_dir")}
@@ -255,7 +285,12 @@ def derive(runs: Runs) -> pd.DataFrame:
         )
     }
     for _, r in df.iterrows():
-        d = dense.loc[r["match_key"]] if r["match_key"] in dense.index else None
+        if r["base_key"] in dense_base.index:
+            d = dense_base.loc[r["base_key"]]
+        elif r["match_key"] in dense_same.index:
+            d = dense_same.loc[r["match_key"]]
+        else:
+            d = None
         d_acc = d["final_accuracy"] if d is not None else np.nan
         d_bytes = d["uplink_bytes"] if d is not None else np.nan
         ratio_d = d_bytes / r["uplink_bytes"] if r["uplink_bytes"] > 0 else np.nan

@@ -27,7 +27,10 @@ DEFINITIONS = [
     "target_accuracy eval_every`). Runs of one setting and codec over seeds form a **cell**; "
     "every table cell is mean ± sample std over seeds, with n the number of runs.",
     "**Dense run** of a run: the finished run of the same setting *and seed* whose codec is "
-    "`none` (fp32) without error feedback.",
+    "`none` (fp32) without error feedback, every update sent synchronously with the edge "
+    "strategies off (`downlink=none`, `aggregation=sync`, no lazy uploads, no adaptive "
+    "compression): the baseline the sweep adds. Without one, the `none` run of exactly "
+    "the same setting.",
     "**Measured ratio**: dense uplink bytes / wire uplink bytes, from totals "
     "(`summary.json` `compression_ratio`; when absent, the dense run's uplink bytes / "
     "this run's). Wire bytes are `len()` of the messages actually sent.",

@@ -20,7 +20,7 @@ from fedbench.report.analysis import cum_sim_seconds, key_of, show
 
 LINESTYLES = ("-", "--", ":", "-.")  # the next one after each 10 colours
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
-MARKERS_PER_LINE = 12  # markers only tell overlapping lines apart; more would clutter
+MARKER_SPACING = 0.08  # of the axes diagonal: markers tell lines apart, more would clutter
 DENSE = {"color": "black", "ls": "-", "marker": "", "lw": 2.6, "alpha": 0.55, "zorder": 1}
 # Settings drawn as separate lines in one panel (local SGD's K), not as separate panels.
 LINE_SETTINGS = ("local_steps", "local_epochs")
@@ -165,7 +165,7 @@ def _curves(
                 agg["x"],
                 agg["m"],
                 label=line_label(cell, line_cols),
-                markevery=max(1, len(agg) // MARKERS_PER_LINE),
+                markevery=MARKER_SPACING,
                 ms=4,
                 **st,
             )

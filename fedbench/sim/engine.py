@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedbench.compress import ErrorFeedback, build, from_config, wire
+from fedbench.compress import build, from_config, wire
 from fedbench.sim import adaptive, fedbuff, lazy, models, network, partition, seeding
 from fedbench.sim import cohort as cohort_engine
 from fedbench.sim import data as data_mod
@@ -115,12 +115,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     for group in ("compressor", "dataset", "partition", "model", "network"):
         if not isinstance(cfg.get(group), Mapping):
             raise ValueError(f"{group}: missing config group (choose one with {group}=NAME)")
-    codec = from_config(cfg["compressor"])
-    if isinstance(codec, ErrorFeedback) and getattr(codec.inner, "keeps_residual", False):
-        raise ValueError(
-            f"compressor.error_feedback=true is invalid for {codec.inner.name}: it keeps its "
-            "own residual, so error feedback would apply twice; set compressor.error_feedback=false"
-        )
+    from_config(cfg["compressor"])  # constructor checks: ranges, unknown keys, double EF
     if not isinstance(cfg.get("downlink"), str):
         raise ValueError(f"downlink={cfg.get('downlink')!r} is invalid: must be a compressor name")
     build(cfg["downlink"])

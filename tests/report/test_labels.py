@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import DENSE_MSG, write_run
+from omegaconf import OmegaConf
 
 from fedbench.report import analysis, build, figures
 from fedbench.report import build_report as public_build_report
@@ -145,3 +146,34 @@ def test_prebuilt_runs_are_not_loaded_again_and_unknown_keys_pass(tmp_path, monk
     assert rounds["uploads_skipped"].max() == 3
     with pytest.raises(AssertionError, match="loaded the runs again"):
         public_build_report([root], tmp_path / "out2")
+
+
+def _set_config(run_dir: Path, **keys) -> None:
+    path = run_dir / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(path)
+    for k, v in keys.items():
+        cfg[k] = v
+    OmegaConf.save(cfg, path)
+
+
+def test_edge_strategies_are_matched_to_the_synchronous_dense_baseline(tmp_path):
+    # The sweep's baseline of a FedBuff or downlink-compressed run is dense and sync.
+    write_run(tmp_path / "base", "none", 10, 0)
+    write_run(tmp_path / "fb_none", "none", 10, 0)
+    write_run(tmp_path / "fb_topk", "topk", 10, 0)
+    write_run(tmp_path / "down", "quant8", 10, 0)
+    for name in ("base", "fb_none", "fb_topk", "down"):
+        _set_config(tmp_path / name, aggregation="sync", downlink="none", lazy_threshold=None)
+    _set_config(tmp_path / "fb_none", aggregation="fedbuff")
+    _set_config(tmp_path / "fb_topk", aggregation="fedbuff")
+    _set_config(tmp_path / "down", downlink="quant8")
+    df = analysis.derive(load_runs([tmp_path]))
+    assert len(df) == 4
+    base = str((tmp_path / "base").resolve())
+    assert (df["dense_run"] == base).all(), df["dense_run"]
+    # Without the sync baseline the codec-none run of the same setting is used.
+    (tmp_path / "base" / "summary.json").unlink()
+    df = analysis.derive(load_runs([tmp_path]))
+    fb_topk = df.loc[df["run_dir"].str.endswith("fb_topk")].iloc[0]
+    assert fb_topk["dense_run"].endswith("fb_none")
+    assert pd.isna(df.loc[df["run_dir"].str.endswith("down"), "dense_run"]).all()
