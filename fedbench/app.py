@@ -184,7 +184,7 @@ def _job(cfg: DictConfig) -> dict[str, Any]:
     summary = run_cell(resolved, Path(hc.runtime.output_dir), method=method)
     if summary["status"] == "failed":
         _failed.append(str(hc.runtime.output_dir))
-    if hc.mode == RunMode.RUN:
+    if hc.mode == RunMode.RUN and summary["status"] != "failed":  # failures logged already
         log.info(
             "%s: status=%s final_accuracy=%s uplink_bytes=%s compression_ratio=%s",
             method,

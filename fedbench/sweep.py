@@ -118,7 +118,7 @@ class SweepEnd(Callback):
         runs = load_runs([sweep_dir])
         print(summary_table(runs), flush=True)  # the sweep's answer, on stdout
         if self.report:
-            out = build_report([sweep_dir], sweep_dir / "report")
+            out = build_report([sweep_dir], sweep_dir / "report", runs=runs)
             print(f"report: {out}", flush=True)
         failed = failed_cells(sweep_dir)
         if failed:
