@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedbench import schema
 from fedbench.compress import build, from_config, wire
+from fedbench.configs import compressor_names
 from fedbench.sim import adaptive, fedbuff, lazy, models, network, partition, seeding
 from fedbench.sim import cohort as cohort_engine
 from fedbench.sim import data as data_mod
@@ -41,24 +43,6 @@ class Diverged(Exception):
 
 
 # -- validation ---------------------------------------------------------------------------
-def _int(cfg: Mapping[str, Any], key: str, lo: int, *, optional: bool = False) -> None:
-    v = cfg.get(key)
-    if optional and v is None:
-        return
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        allowed = f"{'null or ' if optional else ''}an integer >= {lo}"
-        raise ValueError(f"{key}={v!r} is invalid: must be {allowed}")
-
-
-def _real(cfg: Mapping[str, Any], key: str, lo: float, hi: float, *, lo_open: bool, hi_open: bool):
-    v = cfg.get(key)
-    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-    ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-    if not ok:
-        lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-        raise ValueError(f"{key}={v!r} is invalid: must be a number in {lb}{lo}, {hi}{rb}")
-
-
 def _device(name: Any) -> torch.device:
     if not isinstance(name, str) or not (
         name in ("cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
@@ -86,38 +70,10 @@ def prepare(cfg: Mapping[str, Any]) -> tuple[data_mod.Dataset, list[np.ndarray]]
 def validate(cfg: Mapping[str, Any]) -> None:
     """Check a composed config (plain nested dict); ValueError naming key, value and what
     is allowed. Loads the data and builds the partition (cached for ``run``)."""
-    for key in ("seed", "rounds", "num_clients", "clients_per_round", "local_epochs"):
-        _int(cfg, key, 0 if key == "seed" else 1)
-    _int(cfg, "local_steps", 1, optional=True)
-    _int(cfg, "batch_size", 1)
-    _int(cfg, "eval_every", 1)
-    _int(cfg, "cohort_chunk", 1)
-    _real(cfg, "lr", 0, math.inf, lo_open=True, hi_open=True)
-    _real(cfg, "server_lr", 0, math.inf, lo_open=True, hi_open=True)
-    _real(cfg, "momentum", 0, 1, lo_open=False, hi_open=True)
-    _real(cfg, "server_momentum", 0, 1, lo_open=False, hi_open=True)
-    _real(cfg, "weight_decay", 0, math.inf, lo_open=False, hi_open=True)
-    if cfg.get("target_accuracy") is not None:
-        _real(cfg, "target_accuracy", 0, 1, lo_open=True, hi_open=False)
-    if cfg["clients_per_round"] > cfg["num_clients"]:
-        raise ValueError(
-            f"clients_per_round={cfg['clients_per_round']} is invalid: must be <= "
-            f"num_clients={cfg['num_clients']}"
-        )
-    if cfg.get("engine") not in ENGINES:
-        raise ValueError(f"engine={cfg.get('engine')!r} is invalid: must be one of cohort, loop")
-    if not isinstance(cfg.get("downlink_error_feedback"), bool):
-        raise ValueError(
-            f"downlink_error_feedback={cfg.get('downlink_error_feedback')!r} is invalid: "
-            "must be true or false"
-        )
+    # Keys, types and ranges: the torch-free rules the app applies before any import.
+    schema.validate(cfg, compressors=compressor_names())
     _device(cfg.get("device"))
-    for group in ("compressor", "dataset", "partition", "model", "network"):
-        if not isinstance(cfg.get(group), Mapping):
-            raise ValueError(f"{group}: missing config group (choose one with {group}=NAME)")
     from_config(cfg["compressor"])  # constructor checks: ranges, unknown keys, double EF
-    if not isinstance(cfg.get("downlink"), str):
-        raise ValueError(f"downlink={cfg.get('downlink')!r} is invalid: must be a compressor name")
     build(cfg["downlink"])
     partition.validate(cfg["partition"])
     network.validate(cfg["network"])

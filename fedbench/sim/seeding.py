@@ -110,29 +110,59 @@ def epoch_permutation(
 class DropoutBits:
     """Dropout keep-masks from counter-based bits, keyed by (client key, local step).
 
-    Each 32-bit word yields two 16-bit uniforms (its int16 halves), so the drop probability is ``p``
-    rounded to a multiple of 2^-16 (``p_eff``); kept units are scaled by
-    ``1 / (1 - p_eff)`` so the layer stays unbiased, as ``F.dropout`` does.
+    Per (client, step) one key ``k = derive(client key, step)``; the bits for batch row b
+    and word w are ``lowbias32(k ^ c[b, w])`` with ``c`` a fixed hash of the position, so
+    a client's masks depend on nothing but its key and its own step counter. Each 32-bit
+    word gives four masks: its bytes, each uniform on [0, 256), and a unit is dropped
+    when its byte is below ``threshold = round(256 p)``. The drop probability is thus
+    ``p`` rounded to a multiple of 2^-8 (``p_eff``: 0.2 -> 0.19921875); kept units are
+    scaled by ``1 / (1 - p_eff)`` so the layer stays unbiased, as ``F.dropout`` does.
+
+    Four masks per hash (not one per ``F.dropout`` draw) is what makes the cohort engine
+    fast: bits for 1,000 clients x 32 samples x 192 units are 1.5M hashes of a few
+    in-place int32 ops each (see ``benchmarks/bench_engine.py``).
     """
 
     def __init__(self, p: float, batch: int, units: int, device: torch.device | str) -> None:
         self.p = float(p)
-        self.threshold = round(self.p * 65536)
-        self.p_eff = self.threshold / 65536
+        self.threshold = round(self.p * 256)
+        self.p_eff = self.threshold / 256
         self.scale = 1.0 / (1.0 - self.p_eff) if self.p_eff < 1 else 0.0
         self.units = units
-        words = (units + 1) // 2
-        ctr = torch.arange(batch * words, device=device, dtype=torch.int32).view(batch, words)
-        self._counter_hash = hash32(ctr * GOLDEN32)  # (batch, words), reused every step
+        self.words = (units + 3) // 4
+        ctr = torch.arange(batch * self.words, device=device, dtype=torch.int32)
+        self._counter_hash = hash32(ctr.view(batch, self.words) * GOLDEN32)  # reused every step
+
+    def _bytes(self, keys: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """Uniform bytes (clients, batch, units) as uint8; lowbias32 in place, no temporaries
+        beyond one shift buffer (this runs every step over every unit of the cohort)."""
+        k = derive(keys, step).view(-1, 1, 1)
+        x = k ^ self._counter_hash.unsqueeze(0)  # (clients, batch, words)
+        t = torch.empty_like(x)
+        for shift, mask, mul in (
+            (16, 0xFFFF, 0x7FEB352D),
+            (15, 0x1FFFF, -0x7B935975),
+            (16, 0xFFFF, 0),
+        ):
+            torch.bitwise_right_shift(x, shift, out=t)  # arithmetic on int32: mask it logical
+            x.bitwise_xor_(t.bitwise_and_(mask))
+            if mul:
+                x.mul_(mul)  # wraps modulo 2^32, as lowbias32 needs
+        b = x.view(torch.uint8)  # little-endian bytes of each word, in unit order
+        return b if b.shape[-1] == self.units else b[..., : self.units]
+
+    def keep(self, keys: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """Boolean keep-mask (clients, batch, units) for local step ``step``."""
+        return self._bytes(keys, step) >= self.threshold
 
     def masks(self, keys: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """Scaled keep-mask (clients, batch, units) in float32 for local step ``step``.
 
         keys (clients,) int32 dropout keys; step (clients,) int, each client's own
         local step counter. Row b of a client's mask is for its b-th batch position.
+        Kept units hold ``float32(scale)``, dropped ones 0.
         """
-        k = derive(keys, step).view(-1, 1, 1)
-        w = hash32(k ^ self._counter_hash.unsqueeze(0))  # (clients, batch, words)
-        # Each word read as two int16 halves, each uniform on [-2^15, 2^15): one compare.
-        halves = w.view(torch.int16)[..., : self.units]
-        return (halves >= self.threshold - 32768) * self.scale
+        keep = self.keep(keys, step)
+        return torch.where(
+            keep, torch.tensor(self.scale, dtype=torch.float32, device=keep.device), 0.0
+        )

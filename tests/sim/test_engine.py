@@ -225,7 +225,7 @@ def test_network_time_accumulates(make_cfg) -> None:
         ("clients_per_round=7", "clients_per_round=7 is invalid"),
         ("engine=fast", "engine='fast' is invalid"),
         ("lr=0", "lr=0 is invalid"),
-        ("downlink=nope", "unknown compressor 'nope'"),
+        ("downlink=nope", "downlink='nope' is invalid"),
         ("num_clients=5000", "num_clients=5000 is too large"),
         ("partition=natural", "partition=natural is invalid for dataset=digits"),
         ("model=cnn", None),
