@@ -182,7 +182,7 @@ def run_pass(
         "pytest",
         "-c",
         str(HERE / "pytest.ini"),
-        *([str(HERE / t) for t in targets] or [str(HERE)]),
+        *([str(HERE / t) for t in targets] or [str(HERE / "bench_kernels.py")]),
         "-q",
         "--benchmark-json",
         str(json_path),
@@ -266,8 +266,9 @@ def update(args: argparse.Namespace) -> int:
     ratios = {k: round(statistics.median(r[k] for r in runs if k in r), 4) for k in kernels}
     doc = {
         "about": (
-            "Kernel medians as multiples of the same-run x.clone() median, from "
-            "`python benchmarks/gate.py update`. Refresh only in a reviewed commit."
+            f"Kernel times ({args.stat} over rounds) as multiples of the same-run x.clone() "
+            "of the same shape, median of the passes, from `python benchmarks/gate.py "
+            "update`. Refresh only in a reviewed commit, after an intended change."
         ),
         "stat": args.stat,
         "short_pass": list(SHORT_PASS),

@@ -2,27 +2,39 @@
 
 The cohort's models are stacked, (clients, *shape) per parameter, and every local SGD
 step trains all of them at once: one gather builds every client's minibatch, the
-model's batched forward is a handful of batched GEMMs, autograd of the summed
-per-client losses gives every client's own gradient (clients share no parameters),
-and the SGD update is a few elementwise ops over the stack. Clients with fewer samples
-are masked, not looped: a padded sample weighs zero in its client's loss, and a
-client with no batch left in this epoch keeps its parameters and momentum bitwise.
+model's batched forward is a handful of batched GEMMs, and the gradients come from the
+model's hand-written batched backward (the MLP: six batched GEMMs) or, for other
+models, from autograd of the summed per-client losses (clients share no parameters, so
+each gets its own gradient). Clients with fewer samples are masked, not looped: a
+padded sample weighs zero in its client's loss, and a client with no batch left in
+this epoch is left out of the step, so it keeps its parameters and momentum bitwise.
 
 The schedule is the client's own, whichever cohort it is in: ``local_epochs`` passes
 over its data in minibatches of ``batch_size`` (the last one partial), or exactly
 ``local_steps`` steps, cycling epochs. Shuffles and dropout masks come from
 ``seeding`` keyed by (seed, round, client, epoch or step).
+
+Speed (``benchmarks/bench_engine.py``): on a CPU a chunk is trained in groups of
+``CPU_GROUP`` clients, one group through all its steps before the next, so a group's
+parameters, momentum and activations stay in the CPU caches; the momentum update is
+fused into the gradient GEMMs (``beta``); dropout masks take four per hash.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from fedbench.sim import seeding
 from fedbench.sim.models import ModelSpec
+
+# Clients trained together on a CPU. Smaller => the group's working set (parameters,
+# momentum, activations: ~0.2 MB a client for the default MLP) stays in cache;
+# larger => less Python overhead per client. Results do not depend on it.
+CPU_GROUP = 32
 
 
 @dataclass(frozen=True)
@@ -47,16 +59,23 @@ class Cohort:
     shuffle_keys: torch.Tensor  # (C,) int32
     dropout_keys: torch.Tensor  # (C,) int32
 
+    def rows(self, lo: int, hi: int) -> Cohort:
+        """Clients ``lo:hi``, their index trimmed to their own widest client."""
+        width = max(int(self.n[lo:hi].max()), 1)
+        return Cohort(
+            clients=self.clients[lo:hi],
+            index=self.index[lo:hi, :width],
+            n=self.n[lo:hi],
+            shuffle_keys=self.shuffle_keys[lo:hi],
+            dropout_keys=self.dropout_keys[lo:hi],
+        )
+
 
 @dataclass
 class LocalResult:
     params: list[torch.Tensor]  # each (C, *shape): the local models after training
     loss: torch.Tensor  # (C,) mean minibatch training loss over the client's steps
     samples: torch.Tensor  # (C,) samples processed (for the network's compute time)
-
-
-def _rows(active: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return active.view(-1, *([1] * (like.dim() - 1)))
 
 
 def train(
@@ -69,92 +88,180 @@ def train(
 ) -> LocalResult:
     """Train every client of ``cohort`` from the global model ``start`` (list of *shape).
 
-    X (N, features), y (N,) the whole training set on the compute device.
+    X (N, features), y (N,) the whole training set on the compute device. On a CPU the
+    clients go through in groups of ``CPU_GROUP`` (see the module docstring); on other
+    devices all at once. Client i's result does not depend on the others.
+    """
+    C = len(cohort.clients)
+    dev = X.device
+    params = [p.detach().unsqueeze(0).expand(C, *p.shape).clone() for p in start]
+    loss = torch.zeros(C, device=dev)
+    samples = torch.zeros(C, dtype=torch.long, device=dev)
+    group = CPU_GROUP if dev.type == "cpu" else max(C, 1)
+    for lo in range(0, C, group):
+        hi = min(lo + group, C)
+        # Views: the group trains its rows of the result in place.
+        _train_group(
+            spec, [p[lo:hi] for p in params], X, y, cohort.rows(lo, hi), opt,
+            loss[lo:hi], samples[lo:hi],
+        )  # fmt: skip
+    return LocalResult(params=params, loss=loss, samples=samples)
+
+
+def _schedule(n: np.ndarray, opt: LocalSGD):
+    """Yield (epoch (C,), position in epoch (C,), own step (C,), active (C,) bool) on
+    the host, one per step of the longest client."""
+    spe = (n + opt.batch_size - 1) // opt.batch_size  # steps per epoch
+    if opt.local_steps is not None:  # step t of every client; epochs cycle per client
+        for t in range(opt.local_steps):
+            yield t // spe, t % spe, np.full_like(n, t), np.ones(len(n), dtype=bool)
+    else:  # epoch a, position b of the longest client
+        for a in range(opt.local_epochs):
+            for b in range(int(spe.max())):
+                active = b < spe
+                if active.any():
+                    yield np.full_like(n, a), np.full_like(n, b), a * spe + b, active
+
+
+def _train_group(
+    spec: ModelSpec,
+    params: list[torch.Tensor],
+    X: torch.Tensor,
+    y: torch.Tensor,
+    cohort: Cohort,
+    opt: LocalSGD,
+    loss_out: torch.Tensor,
+    samples_out: torch.Tensor,
+) -> None:
+    """Train ``params`` (each (C, *shape), updated in place) through the whole schedule;
+    write the mean loss and samples seen into ``loss_out`` and ``samples_out`` (C,).
+
+    Per-step bookkeeping (who is active, where each batch starts, whether it is full)
+    lives on the host in numpy; the device sees only the step's tensors.
     """
     C, width = cohort.index.shape
     dev = X.device
     B = opt.batch_size
+    n_host = cohort.n.cpu().numpy().astype(np.int64)
     n = cohort.n.to(dev)
-    spe = (n + B - 1) // B  # (C,) steps per epoch
-    params = [p.detach().unsqueeze(0).expand(C, *p.shape).clone() for p in start]
-    bufs = [torch.zeros_like(p) for p in params] if opt.momentum > 0 else None
-    drop = (
-        seeding.DropoutBits(spec.dropout, B, spec.dropout_units, dev) if spec.dropout > 0 else None
-    )
     arange_b = torch.arange(B, device=dev)
+    bufs = [torch.zeros_like(p) for p in params] if opt.momentum > 0 else None
+    drop = None
+    if spec.dropout > 0:
+        drop = seeding.DropoutBits(spec.dropout, B, spec.dropout_units, dev)
+        spe = (n_host + B - 1) // B
+        most = opt.local_steps if opt.local_steps is not None else opt.local_epochs * int(spe.max())
+        steps_range = torch.arange(most, device=dev, dtype=torch.int32)
+        # keys of every (client, own step) of the round at once: (C, steps)
+        step_keys = seeding.derive(cohort.dropout_keys.unsqueeze(1), steps_range.unsqueeze(0))
     loss_sum = torch.zeros(C, device=dev)
-    steps = torch.zeros(C, device=dev)
-    samples = torch.zeros(C, dtype=torch.long, device=dev)
-    perm, perm_epoch = None, None
+    steps_host = np.zeros(C, dtype=np.int64)
+    samples_host = np.zeros(C, dtype=np.int64)
+    shuffled, shuffled_epoch = None, None
 
-    if opt.local_steps is not None:
-        schedule = ((t, None) for t in range(opt.local_steps))
-    else:
-        spe_max = int(spe.max())
-        schedule = ((e, s) for e in range(opt.local_epochs) for s in range(spe_max))
+    for epoch, pos, own_step, active in _schedule(n_host, opt):
+        if shuffled_epoch is None or not np.array_equal(epoch, shuffled_epoch):
+            # Each client's sample indices in this epoch's order, padded to whole batches
+            # with sample 0 (a padded position weighs zero).
+            perm = seeding.epoch_permutation(
+                cohort.shuffle_keys, torch.from_numpy(epoch).to(dev), n, width
+            )
+            shuffled = cohort.index.gather(1, perm)
+            pad = -width % B
+            if pad:
+                shuffled = F.pad(shuffled, (0, pad))
+            shuffled_epoch = epoch
 
-    for a, b in schedule:
-        if b is None:  # local_steps: step a of every client; epochs cycle per client
-            t = torch.full((C,), a, dtype=torch.long, device=dev)
-            epoch, pos_in_epoch = t // spe, t % spe
-            own_step, active, all_active = t, None, True
-        else:  # local_epochs: epoch a, position b of the longest client
-            epoch = torch.full((C,), a, dtype=torch.long, device=dev)
-            pos_in_epoch = torch.full((C,), b, dtype=torch.long, device=dev)
-            own_step = a * spe + b
-            active = b < spe
-            all_active = bool(active.all())
-            if not bool(active.any()):
-                continue
-        if perm is None or not torch.equal(epoch, perm_epoch):
-            perm = seeding.epoch_permutation(cohort.shuffle_keys, epoch, n, width)
-            perm_epoch = epoch
+        sel = _rows(active, dev)
+        act = np.flatnonzero(active)
+        taken = np.minimum(n_host[act] - pos[act] * B, B)  # samples in each active batch
+        steps_host[act] += 1
+        samples_host[act] += taken
+        if isinstance(sel, slice):
+            full = sel == slice(0, C)
+            p_sub = params if full else [p[sel] for p in params]
+            b_sub = bufs if full or bufs is None else [b[sel] for b in bufs]
+        else:  # clients interleaved: step a copy of the active rows, write it back below
+            p_sub = [p.index_select(0, sel) for p in params]
+            b_sub = [b.index_select(0, sel) for b in bufs] if bufs is not None else None
+        same_pos = bool(np.all(pos[act] == pos[act[0]]))
+        if same_pos:  # everyone at the same position: a slice
+            p0 = int(pos[act[0]]) * B
+            gidx = shuffled[sel, p0 : p0 + B]
+        else:
+            at = torch.from_numpy(pos[act] * B).to(dev).unsqueeze(1) + arange_b  # (c, B)
+            gidx = shuffled[sel].gather(1, at)
+        c = gidx.shape[0]
+        flat = gidx.reshape(-1)
+        xb = X.index_select(0, flat).view(c, B, -1)  # (c, B, features)
+        yb = y.index_select(0, flat).view(c, B)
+        weight = None  # (c, B) 1 on real samples, 0 on padding; None when all are real
+        if bool((taken < B).any()):
+            count = torch.from_numpy(taken).to(device=dev, dtype=X.dtype)
+            weight = (arange_b < count.unsqueeze(1)).to(X.dtype)
+        mask = None
+        if drop is not None:
+            if bool(np.all(own_step[act] == own_step[act[0]])):
+                k = step_keys[sel, int(own_step[act[0]])]
+            else:
+                k = step_keys[sel].gather(1, torch.from_numpy(own_step[act]).to(dev).unsqueeze(1))
+            mask = drop.masks_for(k.reshape(-1))
 
-        pos = pos_in_epoch.unsqueeze(1) * B + arange_b  # (C, B)
-        valid = pos < n.unsqueeze(1)
-        local = perm.gather(1, pos.clamp(max=width - 1))
-        gidx = cohort.index.gather(1, local)
-        xb, yb = X[gidx], y[gidx]  # (C, B, features), (C, B)
-        weight = valid.to(X.dtype)
-        count = weight.sum(1)
-        mask = drop.masks(cohort.dropout_keys, own_step) if drop is not None else None
-
-        leaves = [p.requires_grad_() for p in params]
-        logits = spec.forward(leaves, xb, mask)
-        ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(C, B)
-        loss = (ce * weight).sum(1) / count.clamp(min=1)
-        grads = torch.autograd.grad(loss.sum(), leaves)
-
-        with torch.no_grad():
-            params = [p.detach() for p in leaves]
-            if all_active:  # in place, fused over the parameter list
-                d = list(grads)
+        if spec.hand_backward:
+            with torch.no_grad():
+                logits, saved = spec.forward_train(p_sub, xb, mask)
+                logp = torch.log_softmax(logits, 2)
+                ce = -logp.gather(2, yb.unsqueeze(2)).squeeze(2)  # (c, B)
+                # d(mean CE)/d logits = (softmax - onehot) * weight / count
+                dlogits = logp.exp_().sub_(F.one_hot(yb, logp.shape[2]))
+                if weight is None:
+                    loss = ce.mean(1)
+                    dlogits.mul_(1.0 / B)
+                else:
+                    loss = (ce * weight).sum(1) / count
+                    dlogits.mul_((weight / count.unsqueeze(1)).unsqueeze(2))
+                if b_sub is not None:  # buf = momentum * buf + grad, fused into the GEMMs
+                    spec.backward_into(p_sub, saved, mask, dlogits, b_sub, opt.momentum)
+                    d = b_sub
+                else:
+                    d = [torch.empty_like(p) for p in p_sub]
+                    spec.backward_into(p_sub, saved, mask, dlogits, d, 0.0)
+                if opt.weight_decay:  # SGD's d = grad + wd * p, inside the momentum sum
+                    torch._foreach_add_(d, p_sub, alpha=opt.weight_decay)
+                torch._foreach_add_(p_sub, d, alpha=-opt.lr)
+        else:
+            leaves = [p.detach().requires_grad_() for p in p_sub]
+            logits = spec.forward(leaves, xb, mask)
+            ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(c, B)
+            loss = ce.mean(1) if weight is None else (ce * weight).sum(1) / count
+            g = list(torch.autograd.grad(loss.sum(), leaves))
+            loss = loss.detach()
+            with torch.no_grad():
                 if opt.weight_decay:
-                    d = torch._foreach_add(d, params, alpha=opt.weight_decay)
-                if bufs is not None:
-                    torch._foreach_mul_(bufs, opt.momentum)
-                    torch._foreach_add_(bufs, d)
-                    d = bufs
-                torch._foreach_add_(params, d, alpha=-opt.lr)
-            else:  # clients past their last batch keep parameters and momentum bitwise
-                new_params, new_bufs = [], []
-                for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-                    d = g.add(p, alpha=opt.weight_decay) if opt.weight_decay else g
-                    if bufs is not None:
-                        d = bufs[i].mul(opt.momentum).add_(d)
-                        new_bufs.append(torch.where(_rows(active, d), d, bufs[i]))
-                    q = p.add(d, alpha=-opt.lr)
-                    new_params.append(torch.where(_rows(active, q), q, p))
-                params = new_params
-                if bufs is not None:
-                    bufs = new_bufs
-            took = active.to(loss.dtype) if active is not None else 1.0
-            loss_sum += loss.detach() * took
-            steps += took
-            samples += count.to(torch.long)
+                    torch._foreach_add_(g, p_sub, alpha=opt.weight_decay)
+                if b_sub is not None:
+                    torch._foreach_mul_(b_sub, opt.momentum)
+                    torch._foreach_add_(b_sub, g)
+                    g = b_sub
+                torch._foreach_add_(p_sub, g, alpha=-opt.lr)
 
-    return LocalResult(
-        params=[p.detach() for p in params],
-        loss=loss_sum / steps.clamp(min=1),
-        samples=samples,
-    )
+        if not isinstance(sel, slice):
+            for whole, sub in zip(params, p_sub, strict=True):
+                whole.index_copy_(0, sel, sub)
+            if bufs is not None:
+                for whole, sub in zip(bufs, b_sub, strict=True):
+                    whole.index_copy_(0, sel, sub)
+        loss_sum[sel] += loss
+
+    steps = torch.from_numpy(steps_host).to(dev)
+    loss_out.copy_(loss_sum / steps.clamp(min=1))
+    samples_out.copy_(torch.from_numpy(samples_host).to(dev))
+
+
+def _rows(active: np.ndarray, device: torch.device) -> slice | torch.Tensor:
+    """The active clients as a slice when they are contiguous (the engine sorts a chunk
+    by size, so they are), else as an index tensor."""
+    idx = np.flatnonzero(active)
+    if idx[-1] - idx[0] + 1 == len(idx):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return torch.from_numpy(idx).to(device)

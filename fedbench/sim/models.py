@@ -54,6 +54,32 @@ class ModelSpec:
         """The same network as an ``nn.Module`` whose ``forward(x, mask)`` takes one client."""
         raise NotImplementedError
 
+    # A model with a hand-written backward sets this and implements the two methods
+    # below; the cohort engine then skips autograd. Others train through autograd.
+    hand_backward = False
+
+    def forward_train(
+        self, params: Sequence[torch.Tensor], x: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits (clients, batch, classes) and what :meth:`backward_into` needs."""
+        raise NotImplementedError
+
+    def backward_into(
+        self,
+        params: Sequence[torch.Tensor],
+        saved: list[torch.Tensor],
+        mask: torch.Tensor | None,
+        dlogits: torch.Tensor,
+        sinks: Sequence[torch.Tensor],
+        beta: float,
+    ) -> None:
+        """``sinks[k] = beta * sinks[k] + dL/dparams[k]`` in place, for every parameter.
+
+        ``dlogits`` (clients, batch, classes) is dL/dlogits; it may be overwritten.
+        ``beta = 0`` ignores the sinks' old values (NaN included).
+        """
+        raise NotImplementedError
+
     @property
     def num_params(self) -> int:
         return sum(math.prod(s) for s in self.shapes)
@@ -91,6 +117,44 @@ class MLP(ModelSpec):
                     h = h * mask[..., off : off + width]
                     off += width
         return h
+
+    hand_backward = True
+
+    def forward_train(self, params, x, mask):
+        # saved[i] is layer i's input: x, then each hidden activation after ReLU and mask
+        h, off, saved = x, 0, []
+        n_layers = len(self.sizes) - 1
+        for i in range(n_layers):
+            saved.append(h)
+            h = _linear(params[2 * i], params[2 * i + 1], h)
+            if i < n_layers - 1:
+                h.relu_()
+                if mask is not None:
+                    width = self.sizes[i + 1]
+                    h.mul_(mask[..., off : off + width])
+                    off += width
+        return h, saved
+
+    def backward_into(self, params, saved, mask, dlogits, sinks, beta):
+        # Backprop through y = h W^T + b: dW = dy^T h, db = sum_b dy, dh = dy W; through
+        # h = relu(a) * m: da = dh * m where h > 0 (h > 0 iff a > 0 and the unit is kept).
+        # Written into the sinks with baddbmm's beta, so the momentum update
+        # buf = momentum * buf + grad costs no extra pass over the parameters.
+        d = dlogits
+        offs = list(itertools.accumulate(self.sizes[1:-1], initial=0))
+        for i in range(len(self.sizes) - 2, -1, -1):
+            h = saved[i]
+            sinks[2 * i].baddbmm_(d.transpose(1, 2), h, beta=beta)
+            db = d.sum(1)
+            if beta:
+                sinks[2 * i + 1].mul_(beta).add_(db)
+            else:
+                sinks[2 * i + 1].copy_(db)
+            if i > 0:
+                d = torch.bmm(d, params[2 * i])
+                if mask is not None:
+                    d.mul_(mask[..., offs[i - 1] : offs[i]])
+                d = torch.ops.aten.threshold_backward(d, h, 0)
 
     def module(self) -> nn.Module:
         return _MLPModule(self.sizes)

@@ -133,11 +133,10 @@ class DropoutBits:
         ctr = torch.arange(batch * self.words, device=device, dtype=torch.int32)
         self._counter_hash = hash32(ctr.view(batch, self.words) * GOLDEN32)  # reused every step
 
-    def _bytes(self, keys: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    def _bytes(self, step_keys: torch.Tensor) -> torch.Tensor:
         """Uniform bytes (clients, batch, units) as uint8; lowbias32 in place, no temporaries
         beyond one shift buffer (this runs every step over every unit of the cohort)."""
-        k = derive(keys, step).view(-1, 1, 1)
-        x = k ^ self._counter_hash.unsqueeze(0)  # (clients, batch, words)
+        x = step_keys.view(-1, 1, 1) ^ self._counter_hash.unsqueeze(0)  # (clients, batch, words)
         t = torch.empty_like(x)
         for shift, mask, mul in (
             (16, 0xFFFF, 0x7FEB352D),
@@ -151,10 +150,6 @@ class DropoutBits:
         b = x.view(torch.uint8)  # little-endian bytes of each word, in unit order
         return b if b.shape[-1] == self.units else b[..., : self.units]
 
-    def keep(self, keys: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        """Boolean keep-mask (clients, batch, units) for local step ``step``."""
-        return self._bytes(keys, step) >= self.threshold
-
     def masks(self, keys: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """Scaled keep-mask (clients, batch, units) in float32 for local step ``step``.
 
@@ -162,7 +157,11 @@ class DropoutBits:
         local step counter. Row b of a client's mask is for its b-th batch position.
         Kept units hold ``float32(scale)``, dropped ones 0.
         """
-        keep = self.keep(keys, step)
-        return torch.where(
-            keep, torch.tensor(self.scale, dtype=torch.float32, device=keep.device), 0.0
-        )
+        return self.masks_for(derive(keys, step))
+
+    def masks_for(self, step_keys: torch.Tensor) -> torch.Tensor:
+        """:meth:`masks` from the per-step keys ``derive(keys, step)`` (clients,) int32."""
+        # clamp(byte - (threshold - 1), 0, 1) is 1 iff byte >= threshold: float ops are
+        # vectorised where torch's uint8/bool compares and where() are not (~10x here).
+        m = self._bytes(step_keys).float()
+        return m.sub_(self.threshold - 1).clamp_(0, 1).mul_(self.scale)
