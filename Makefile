@@ -13,7 +13,7 @@ else
 PYTEST_MARK := -m "not slow"
 endif
 
-.PHONY: install demo test test-all bench bench-gate bench-baseline lint report clean
+.PHONY: install demo test test-all bench bench-gate bench-baseline reports lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,29 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Kernel benchmarks (pytest-benchmark): every compressor's encode/decode at 1e4, 1e6, 1e7
+# values and a 100-client cohort; writes $(BENCH_JSON) for `python -m fedbench.report --bench`.
+BENCH_JSON ?= bench.json
+BENCH_ARGS ?= --benchmark-max-time=0.3 --benchmark-min-rounds=5 --bench-threads=1
+bench: $(STAMP)
+	$(PY) -m pytest -c benchmarks/pytest.ini benchmarks/bench_kernels.py --benchmark-json=$(BENCH_JSON) --benchmark-columns=median,rounds $(BENCH_ARGS)
+	$(PY) benchmarks/gate.py table $(BENCH_JSON)
+
+# CI's regression gate: a short pass compared with benchmarks/baseline.json (clone-normalised).
+bench-gate: $(STAMP)
+	$(PY) benchmarks/gate.py check
+
+# After an intended speed change, on a quiet machine; commit the result in its own reviewed commit.
+bench-baseline: $(STAMP)
+	$(PY) benchmarks/gate.py update --repeat 3
+
+# The committed reports (reports/*): run the presets, then rebuild each report in place.
+reports: $(STAMP)
+	$(PY) -m fedbench -m +experiment=tutorial hydra.sweep.dir=multirun/tutorial/committed
+	$(PY) -m fedbench.report multirun/tutorial/committed --out reports/tutorial
+	$(PY) -m fedbench -m +experiment=tradeoff hydra.sweep.dir=multirun/tradeoff/committed
+	$(PY) -m fedbench.report multirun/tradeoff/committed --out reports/tradeoff
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

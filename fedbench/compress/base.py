@@ -71,7 +71,9 @@ class Compressor:
         self, x: torch.Tensor, generator: torch.Generator | None = None, state: Any = None
     ) -> bytes:
         """The wire message for one tensor of any shape."""
-        return self.compress(x, generator, state)[0]
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{self.name}: expected a torch.Tensor, got {type(x).__name__}")
+        return self.encode_batch(x.unsqueeze(0), [generator], [state])[0]
 
     def compress(
         self, x: torch.Tensor, generator: torch.Generator | None = None, state: Any = None
@@ -88,6 +90,7 @@ class Compressor:
     def encode_batch(
         self, x: torch.Tensor, generators: Generators = None, states: States = None
     ) -> list[bytes]:
+        """The messages alone; codecs override it to skip building the decoded tensor."""
         return self.compress_batch(x, generators, states)[0]
 
     def __repr__(self) -> str:

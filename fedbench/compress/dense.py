@@ -5,6 +5,7 @@ Payload: the values in the wire dtype, row-major; 32, 16 or 16 bits a value.
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import numpy as np
@@ -18,19 +19,26 @@ class _Cast(Compressor):
     wire_dtype: ClassVar[torch.dtype]
     biased = False
 
-    def compress_batch(self, x, generators=None, states=None):
+    def _encode(self, x, generators, states) -> tuple[list[bytes], torch.Tensor]:
         check_batch(self, x, generators, states)
-        wire.require_finite(x, f"{self.name} input")
-        shape = tuple(x.shape[1:])
-        header = wire.write_header(self.codec_id, x.dtype, shape)
         cast = x.to(self.wire_dtype)
-        if self.wire_dtype != torch.float32 and not bool(torch.isfinite(cast).all()):
+        # One reduction over the cast catches NaN/inf in x and overflow of the wire dtype.
+        if not wire.all_finite(cast):
+            wire.require_finite(x, f"{self.name} input")
             raise ValueError(f"{self.name}: input overflows {self.wire_dtype} (|x| too large)")
+        header = wire.write_header(self.codec_id, x.dtype, tuple(x.shape[1:]))
         flat = cast.reshape(x.shape[0], -1).contiguous().cpu()
         if self.wire_dtype == torch.bfloat16:
             flat = flat.view(torch.int16)
         rows = flat.numpy()
-        msgs = [header + rows[i].tobytes() for i in range(rows.shape[0])]
+        # join copies each row once into the new bytes object (header + row + header ...)
+        return [b"".join((header, rows[i].data)) for i in range(rows.shape[0])], cast
+
+    def encode_batch(self, x, generators=None, states=None):
+        return self._encode(x, generators, states)[0]
+
+    def compress_batch(self, x, generators=None, states=None):
+        msgs, cast = self._encode(x, generators, states)
         return msgs, cast.to(x.dtype)
 
     def decode_batch(self, msgs, device=None):
@@ -48,12 +56,17 @@ class _Cast(Compressor):
             r.expect_end()
         if hdr is None:
             raise ValueError(f"{self.name}: decode_batch needs at least one message")
-        data = torch.from_numpy(np.stack(rows))
+        if len(rows) > 1:
+            data = torch.from_numpy(np.stack(rows))
+        else:  # a read-only view of the message: checked, then copied once by the cast
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable"
+                data = torch.from_numpy(rows[0]).unsqueeze(0)
         if self.wire_dtype == torch.bfloat16:
             data = data.view(torch.bfloat16)
-        out = data.to(device=device).to(hdr.dtype)
-        if not bool(torch.isfinite(out).all()):
+        if not wire.all_finite(data):
             raise ValueError(f"corrupt {self.name} message: non-finite values")
+        out = data.to(device=device, dtype=hdr.dtype, copy=True)
         return out.reshape(len(msgs), *hdr.shape)
 
 

@@ -14,10 +14,10 @@ over its data in minibatches of ``batch_size`` (the last one partial), or exactl
 ``local_steps`` steps, cycling epochs. Shuffles and dropout masks come from
 ``seeding`` keyed by (seed, round, client, epoch or step).
 
-Speed (``benchmarks/bench_engine.py``): on a CPU a chunk is trained in groups of
-``CPU_GROUP`` clients, one group through all its steps before the next, so a group's
-parameters, momentum and activations stay in the CPU caches; the momentum update is
-fused into the gradient GEMMs (``beta``); dropout masks take four per hash.
+Speed (``benchmarks/bench_engine.py``): the MLP's backward is written by hand (no
+autograd graph) with the momentum update fused into the gradient GEMMs (``beta``), the
+dropout masks take four per hash (``seeding.DropoutBits``), and per-step bookkeeping
+stays on the host, so a step is ~40 kernel launches whatever the cohort size.
 """
 
 from __future__ import annotations
@@ -30,11 +30,6 @@ import torch.nn.functional as F
 
 from fedbench.sim import seeding
 from fedbench.sim.models import ModelSpec
-
-# Clients trained together on a CPU. Smaller => the group's working set (parameters,
-# momentum, activations: ~0.2 MB a client for the default MLP) stays in cache;
-# larger => less Python overhead per client. Results do not depend on it.
-CPU_GROUP = 32
 
 
 @dataclass(frozen=True)
@@ -59,53 +54,12 @@ class Cohort:
     shuffle_keys: torch.Tensor  # (C,) int32
     dropout_keys: torch.Tensor  # (C,) int32
 
-    def rows(self, lo: int, hi: int) -> Cohort:
-        """Clients ``lo:hi``, their index trimmed to their own widest client."""
-        width = max(int(self.n[lo:hi].max()), 1)
-        return Cohort(
-            clients=self.clients[lo:hi],
-            index=self.index[lo:hi, :width],
-            n=self.n[lo:hi],
-            shuffle_keys=self.shuffle_keys[lo:hi],
-            dropout_keys=self.dropout_keys[lo:hi],
-        )
-
 
 @dataclass
 class LocalResult:
     params: list[torch.Tensor]  # each (C, *shape): the local models after training
     loss: torch.Tensor  # (C,) mean minibatch training loss over the client's steps
     samples: torch.Tensor  # (C,) samples processed (for the network's compute time)
-
-
-def train(
-    spec: ModelSpec,
-    start: list[torch.Tensor],
-    X: torch.Tensor,
-    y: torch.Tensor,
-    cohort: Cohort,
-    opt: LocalSGD,
-) -> LocalResult:
-    """Train every client of ``cohort`` from the global model ``start`` (list of *shape).
-
-    X (N, features), y (N,) the whole training set on the compute device. On a CPU the
-    clients go through in groups of ``CPU_GROUP`` (see the module docstring); on other
-    devices all at once. Client i's result does not depend on the others.
-    """
-    C = len(cohort.clients)
-    dev = X.device
-    params = [p.detach().unsqueeze(0).expand(C, *p.shape).clone() for p in start]
-    loss = torch.zeros(C, device=dev)
-    samples = torch.zeros(C, dtype=torch.long, device=dev)
-    group = CPU_GROUP if dev.type == "cpu" else max(C, 1)
-    for lo in range(0, C, group):
-        hi = min(lo + group, C)
-        # Views: the group trains its rows of the result in place.
-        _train_group(
-            spec, [p[lo:hi] for p in params], X, y, cohort.rows(lo, hi), opt,
-            loss[lo:hi], samples[lo:hi],
-        )  # fmt: skip
-    return LocalResult(params=params, loss=loss, samples=samples)
 
 
 def _schedule(n: np.ndarray, opt: LocalSGD):
@@ -123,18 +77,18 @@ def _schedule(n: np.ndarray, opt: LocalSGD):
                     yield np.full_like(n, a), np.full_like(n, b), a * spe + b, active
 
 
-def _train_group(
+def train(
     spec: ModelSpec,
-    params: list[torch.Tensor],
+    start: list[torch.Tensor],
     X: torch.Tensor,
     y: torch.Tensor,
     cohort: Cohort,
     opt: LocalSGD,
-    loss_out: torch.Tensor,
-    samples_out: torch.Tensor,
-) -> None:
-    """Train ``params`` (each (C, *shape), updated in place) through the whole schedule;
-    write the mean loss and samples seen into ``loss_out`` and ``samples_out`` (C,).
+) -> LocalResult:
+    """Train every client of ``cohort`` from the global model ``start`` (list of *shape).
+
+    X (N, features), y (N,) the whole training set on the compute device. Client i's
+    result does not depend on the other clients of the cohort.
 
     Per-step bookkeeping (who is active, where each batch starts, whether it is full)
     lives on the host in numpy; the device sees only the step's tensors.
@@ -142,6 +96,7 @@ def _train_group(
     C, width = cohort.index.shape
     dev = X.device
     B = opt.batch_size
+    params = [p.detach().unsqueeze(0).expand(C, *p.shape).clone() for p in start]
     n_host = cohort.n.cpu().numpy().astype(np.int64)
     n = cohort.n.to(dev)
     arange_b = torch.arange(B, device=dev)
@@ -254,8 +209,11 @@ def _train_group(
         loss_sum[sel] += loss
 
     steps = torch.from_numpy(steps_host).to(dev)
-    loss_out.copy_(loss_sum / steps.clamp(min=1))
-    samples_out.copy_(torch.from_numpy(samples_host).to(dev))
+    return LocalResult(
+        params=params,
+        loss=loss_sum / steps.clamp(min=1),
+        samples=torch.from_numpy(samples_host).to(dev),
+    )
 
 
 def _rows(active: np.ndarray, device: torch.device) -> slice | torch.Tensor:

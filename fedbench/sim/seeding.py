@@ -161,7 +161,7 @@ class DropoutBits:
 
     def masks_for(self, step_keys: torch.Tensor) -> torch.Tensor:
         """:meth:`masks` from the per-step keys ``derive(keys, step)`` (clients,) int32."""
-        # clamp(byte - (threshold - 1), 0, 1) is 1 iff byte >= threshold: float ops are
-        # vectorised where torch's uint8/bool compares and where() are not (~10x here).
-        m = self._bytes(step_keys).float()
-        return m.sub_(self.threshold - 1).clamp_(0, 1).mul_(self.scale)
+        b = self._bytes(step_keys)
+        # Compare straight into float32: ~10x faster on CPU than a bool mask then where().
+        m = torch.empty(b.shape, dtype=torch.float32, device=b.device)
+        return torch.ge(b, self.threshold, out=m).mul_(self.scale)
