@@ -17,6 +17,19 @@ GROUPS = ("compressor", "dataset", "partition", "model", "network")
 # Output, store and launcher settings: they change where results go, never the numbers.
 OUTPUT_KEYS = ("store_dir", "force", "baseline", "hydra")
 
+# The dense baseline of any run (accuracy impact is measured against it): these settings,
+# compressor none. Edge strategies are off: they exist to save bytes or time.
+DENSE_SETTINGS: dict[str, Any] = {
+    "downlink": "none",
+    "downlink_error_feedback": False,
+    "upload_budget_s": None,
+    "adaptive_choices": None,
+    "lazy_threshold": None,
+    "aggregation": "sync",
+    "async_concurrency": None,
+    "async_buffer_size": None,
+}
+
 Rule = Callable[[Any], str | None]  # returns what is allowed, or None when the value is fine
 
 

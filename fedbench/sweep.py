@@ -16,7 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fedbench import store
+from fedbench import schema, store
 
 log = logging.getLogger("fedbench")
 
@@ -33,18 +33,6 @@ def _cell_configs(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     return cells
 
 
-DENSE_OVERRIDES: dict[str, Any] = {
-    "downlink": "none",
-    "downlink_error_feedback": False,
-    "upload_budget_s": None,
-    "adaptive_choices": None,
-    "lazy_threshold": None,
-    "aggregation": "sync",
-    "async_concurrency": None,
-    "async_buffer_size": None,
-}
-
-
 def dense_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """The same setting with every update sent dense, synchronously, by every client:
     the baseline of accuracy impact (edge strategies off, since they exist to save bytes).
@@ -53,7 +41,7 @@ def dense_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
     dense = copy.deepcopy(cfg)
     dense["compressor"] = load_config("none")
-    dense.update(DENSE_OVERRIDES)
+    dense.update(schema.DENSE_SETTINGS)
     return dense
 
 

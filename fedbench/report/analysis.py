@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from fedbench.results import OUTPUT_KEYS, Runs
+from fedbench.schema import DENSE_SETTINGS
 
 NOT_SETTING = OUTPUT_KEYS | {"target_accuracy", "eval_every", "seed"}
 DEFAULT_TARGET_FRACTION = 0.95  # of the dense run's final accuracy, when no target is set
@@ -71,16 +72,7 @@ def setting_columns(runs: Runs) -> list[str]:
 
 # Edge strategies and their "off" values: the app's dense baseline of any run has these
 # (``fedbench.sweep.dense_config``), so a run is matched to its dense run without them.
-EDGE_DEFAULTS: dict[str, Any] = {
-    "downlink": "none",
-    "downlink_error_feedback": False,
-    "upload_budget_s": None,
-    "adaptive_choices": None,
-    "lazy_threshold": None,
-    "aggregation": "sync",
-    "async_concurrency": None,
-    "async_buffer_size": None,
-}
+EDGE_DEFAULTS = DENSE_SETTINGS
 PARAM_META = frozenset({"_target_", "error_feedback", "defaults"})
 EF = "compressor.error_feedback"
 # Setting columns in the order tables prefer them when several split the runs the same

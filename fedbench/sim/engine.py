@@ -242,6 +242,25 @@ class Simulation:
             out.append(self.codec.aggregate(msgs, weights, self.server_states[k], self.device))
         return out
 
+    def train_cohort(
+        self, ids: np.ndarray, start: list[torch.Tensor], round_: int, what: str = "round"
+    ) -> tuple[Any, list[torch.Tensor]]:
+        """Train clients ``ids`` from ``start``; (result, deltas (clients, *shape) per tensor).
+
+        Raises Diverged when a loss or an update is non-finite.
+        """
+        res = self.train(self.spec, start, self.X, self.y, self._cohort(ids, round_), self.opt)
+        deltas = [p - s.unsqueeze(0) for p, s in zip(res.params, start, strict=True)]
+        bad = ~torch.isfinite(res.loss)
+        for d in deltas:
+            bad |= ~torch.isfinite(d.flatten(1)).all(1)
+        if bool(bad.any()):
+            raise Diverged(
+                f"{what} {round_}: non-finite training loss or update for client(s) "
+                f"{ids[bad.cpu().numpy()].tolist()[:10]}"
+            )
+        return res, deltas
+
     def sample(self, round_: int) -> np.ndarray:
         """The clients sampled in round ``round_`` (sorted ids), from (seed, round)."""
         gen = seeding.generator("cpu", self.seed, round_, seeding.SAMPLE)
@@ -269,16 +288,7 @@ class Simulation:
         chunk = int(cfg["cohort_chunk"])
         for lo in range(0, len(clients), chunk):
             ids = clients[lo : lo + chunk]
-            res = self.train(self.spec, start, self.X, self.y, self._cohort(ids, round_), self.opt)
-            deltas = [p - s.unsqueeze(0) for p, s in zip(res.params, start, strict=True)]
-            bad = ~torch.isfinite(res.loss)
-            for d in deltas:
-                bad |= ~torch.isfinite(d.flatten(1)).all(1)
-            if bool(bad.any()):
-                raise Diverged(
-                    f"round {round_}: non-finite training loss or update for client(s) "
-                    f"{ids[bad.cpu().numpy()].tolist()[:10]}"
-                )
+            res, deltas = self.train_cohort(ids, start, round_)
             states = [self.states(int(c)) for c in ids]
             snapshot = copy.deepcopy(states) if self.network.deadline is not None else None
             msg_bytes, decoded, t_enc, t_dec = self.uplink(ids, deltas, states, round_)

@@ -123,18 +123,7 @@ class FedBuff:
         chunk = int(sim.cfg["cohort_chunk"])
         for lo in range(0, len(clients), chunk):
             ids = clients[lo : lo + chunk]
-            res = sim.train(sim.spec, start, sim.X, sim.y, sim._cohort(ids, launch), sim.opt)
-            deltas = [p - s.unsqueeze(0) for p, s in zip(res.params, start, strict=True)]
-            bad = ~torch.isfinite(res.loss)
-            for d in deltas:
-                bad |= ~torch.isfinite(d.flatten(1)).all(1)
-            if bool(bad.any()):
-                from fedbench.sim.engine import Diverged
-
-                raise Diverged(
-                    f"launch {launch}: non-finite training loss or update for client(s) "
-                    f"{ids[bad.cpu().numpy()].tolist()[:10]}"
-                )
+            res, deltas = sim.train_cohort(ids, start, launch, what="launch")
             states = [sim.states(int(c)) for c in ids]
             msg_bytes, decoded, t_enc, t_dec = sim.uplink(ids, deltas, states, launch)
             self.enc_s += t_enc
