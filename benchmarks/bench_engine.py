@@ -1,6 +1,6 @@
 """Cohort engine vs the per-client loop, in one run, on the tutorial's workload.
 
-    python benchmarks/bench_engine.py                 # 10 and 100 clients, then 1,000 (cohort)
+    python benchmarks/bench_engine.py --threads 1     # 10 and 100 clients, then 1,000
     python benchmarks/bench_engine.py --threads 1 --loop-at-1000 --json out.json
 
 Workload: the tutorial MLP (64 -> 128 -> 64 -> 10, dropout 0.2), batch 32, 3 local
@@ -8,22 +8,29 @@ epochs, lr 0.01, momentum 0.9, dense uplink. 10 clients: digits split IID (~144
 samples each). 100 and 1,000 clients: the same shapes on ``synthetic`` data with 64
 features and exactly 144 training samples per client, so a client-round costs the same
 at every scale. Times are the round loop's (training, encode, decode, aggregation,
-evaluation), median over rounds after one warm-up round.
+evaluation), median over rounds after one warm-up round; cohort and loop rounds
+alternate, so both see the same machine load and the ratio is what to read.
 
-Also timed: one training step of 256 clients written as batched GEMMs + autograd (what
-the engine uses) against ``torch.func.vmap(grad(...))``, and the dropout masks of 1,000
-clients from counter-based hashing (what the engine uses) against ``F.dropout``.
+1,000 clients run in a fresh process per ``cohort_chunk`` (64, 256) and report the
+growth of the resident set during the rounds (sampled every millisecond) over what it
+was after start-up: the memory the round loop itself needs.
+
+Also timed: one training step of 256 clients three ways (the engine's hand-written
+backward, batched GEMMs + autograd, ``torch.func.vmap(grad(...))``), and the dropout
+masks of 1,000 clients from counter-based hashing (the engine's) against ``F.dropout``.
 
 Not a pytest test (nothing here is named ``test_*``); a script whose numbers go in the
-README. Memory: peak RSS after 1,000 clients with ``cohort_chunk`` 64 and then 256.
+README.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import multiprocessing
+import os
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -35,6 +42,7 @@ from omegaconf import OmegaConf
 from fedbench.compress import config_dir
 from fedbench.sim import seeding
 from fedbench.sim.engine import Simulation
+from fedbench.sim.models import MLP
 
 SYNTHETIC_144 = [
     "dataset=synthetic", "dataset.dimension=64", "dataset.size_mu=0", "dataset.size_sigma=0",
@@ -50,25 +58,31 @@ def make_cfg(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
-def seconds_per_round(overrides: list[str], rounds: int) -> float:
-    sim = Simulation(make_cfg(overrides))
-    sim.round(1)  # warm-up: first-touch allocations, lazy init
-    times = []
-    for r in range(2, rounds + 2):
-        t = time.perf_counter()
-        sim.round(r)
-        sim.evaluate()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def _timed_round(sim: Simulation, r: int) -> float:
+    t = time.perf_counter()
+    sim.round(r)
+    sim.evaluate()
+    return time.perf_counter() - t
 
 
 def compare(clients: int, rounds: int, loop_rounds: int, extra: list[str]) -> dict[str, Any]:
+    """Seconds per round of both engines, their rounds interleaved (same load)."""
     base = [f"num_clients={clients}", f"clients_per_round={clients}", *extra]
-    cohort = seconds_per_round([*base, "engine=cohort"], rounds)
+    sims = {"cohort": Simulation(make_cfg([*base, "engine=cohort"]))}
+    if loop_rounds > 0:
+        sims["loop"] = Simulation(make_cfg([*base, "engine=loop"]))
+    times: dict[str, list[float]] = {k: [] for k in sims}
+    for sim in sims.values():
+        sim.round(1)  # warm-up: first-touch allocations, lazy init
+    for r in range(2, rounds + 2):
+        times["cohort"].append(_timed_round(sims["cohort"], r))
+        if "loop" in sims and r - 2 < loop_rounds:
+            times["loop"].append(_timed_round(sims["loop"], r))
+    cohort = statistics.median(times["cohort"])
     out: dict[str, Any] = {"clients": clients, "cohort_s_per_round": cohort,
                            "cohort_ms_per_client_round": 1e3 * cohort / clients}  # fmt: skip
-    if loop_rounds > 0:
-        loop = seconds_per_round([*base, "engine=loop"], loop_rounds)
+    if "loop" in sims:
+        loop = statistics.median(times["loop"])
         out.update(
             loop_s_per_round=loop,
             loop_ms_per_client_round=1e3 * loop / clients,
@@ -77,68 +91,102 @@ def compare(clients: int, rounds: int, loop_rounds: int, extra: list[str]) -> di
     return out
 
 
-def step_bmm_vs_vmap(clients: int = 256, batch: int = 32, reps: int = 10) -> dict[str, float]:
-    """One forward+backward of the MLP for ``clients`` clients, two ways (ms)."""
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _compare_with_memory(threads: int, args: tuple) -> dict[str, Any]:
+    """``compare`` in this (fresh) process, with the peak growth of its resident set."""
+    torch.set_num_threads(threads)
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    clients, rounds, loop_rounds, extra = args
+    Simulation(make_cfg([f"num_clients={clients}", f"clients_per_round={clients}", *extra]))
+    before = _rss_bytes()  # after start-up: data loaded, partition built, imports done
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        out = compare(clients, rounds, loop_rounds, extra)
+    finally:
+        stop.set()
+        watcher.join()
+    out["rss_growth_mb"] = (peak[0] - before) / 2**20
+    return out
+
+
+def step_three_ways(clients: int = 256, batch: int = 32, reps: int = 10) -> dict[str, float]:
+    """One forward+backward of the MLP (dropout 0.2) for ``clients`` clients (ms)."""
     gen = torch.Generator().manual_seed(0)
+    spec = MLP(64, 10, [128, 64], 0.2)
     x = torch.randn(clients, batch, 64, generator=gen)
     y = torch.randint(0, 10, (clients, batch), generator=gen)
-    shapes = [(128, 64), (64, 128), (10, 64)]
-    ws = [0.1 * torch.randn(clients, *s, generator=gen) for s in shapes]
-    bs = [torch.zeros(clients, s[0]) for s in shapes]
+    params = [torch.stack([p for _ in range(clients)]) for p in spec.init(gen)]
+    bits = seeding.DropoutBits(0.2, batch, spec.dropout_units, "cpu")
+    keys = seeding.client_keys(torch.arange(clients), 0, 1, seeding.DROPOUT)
+    mask = bits.masks(keys, torch.zeros(clients, dtype=torch.long))
+    sinks = [torch.zeros_like(p) for p in params]
 
-    def bmm() -> None:
-        ps = [p.clone().requires_grad_() for p in ws + bs]
-        h = x
-        for i in range(3):
-            h = torch.baddbmm(ps[3 + i].unsqueeze(1), h, ps[i].transpose(1, 2))
-            h = torch.relu(h) if i < 2 else h
-        torch.autograd.grad(F.cross_entropy(h.flatten(0, 1), y.flatten()), ps)
+    def hand() -> None:  # what the engine runs (cohort.train, hand_backward models)
+        with torch.no_grad():
+            logits, saved = spec.forward_train(params, x, mask)
+            d = torch.softmax(logits, 2) - F.one_hot(y, 10)
+            spec.backward_into(params, saved, mask, d.div_(batch), sinks, 0.9)
 
-    def one(params, xb, yb):
+    def autograd() -> None:
+        leaves = [p.clone().requires_grad_() for p in params]
+        logits = spec.forward(leaves, x, mask)
+        torch.autograd.grad(F.cross_entropy(logits.flatten(0, 1), y.flatten()), leaves)
+
+    def one(ps, xb, yb, mb):
         h = xb
         for i in range(3):
-            h = F.linear(h, params[i], params[3 + i])
-            h = torch.relu(h) if i < 2 else h
+            h = F.linear(h, ps[2 * i], ps[2 * i + 1])
+            if i < 2:
+                h = torch.relu(h) * mb[:, (0, 128)[i] : (128, 192)[i]]
         return F.cross_entropy(h, yb)
 
     per_client_grad = torch.func.vmap(torch.func.grad(one))
 
     def vmap() -> None:
-        per_client_grad(ws + bs, x, y)
+        per_client_grad(params, x, y, mask)
 
-    out = {}
-    for name, fn in (("bmm_autograd_ms", bmm), ("vmap_grad_ms", vmap)):
+    fns = {"hand_backward_ms": hand, "bmm_autograd_ms": autograd, "vmap_grad_ms": vmap}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
         fn()
-        t = time.perf_counter()
-        for _ in range(reps):
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t = time.perf_counter()
             fn()
-        out[name] = 1e3 * (time.perf_counter() - t) / reps
-    return out
+            times[name].append(time.perf_counter() - t)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def masks_hash_vs_dropout(
-    clients: int = 1000, batch: int = 32, units: int = 192
+    clients: int = 1000, batch: int = 32, units: int = 192, reps: int = 5
 ) -> dict[str, float]:
-    """Dropout masks for one step of ``clients`` clients, two ways (ms)."""
+    """Dropout applied to one step of ``clients`` clients' activations, two ways (ms)."""
     bits = seeding.DropoutBits(0.2, batch, units, "cpu")
     keys = seeding.client_keys(torch.arange(clients), 0, 1, seeding.DROPOUT)
     step = torch.zeros(clients, dtype=torch.long)
     act = torch.randn(clients, batch, units)
-    out = {}
-    for name, fn in (
-        ("hash_masks_ms", lambda: act * bits.masks(keys, step)),
-        ("f_dropout_ms", lambda: F.dropout(act, 0.2)),
-    ):
-        fn()
-        t = time.perf_counter()
-        for _ in range(5):
+    fns = {
+        "hash_masks_ms": lambda: act.mul_(bits.masks(keys, step)),
+        "f_dropout_ms": lambda: F.dropout(act, 0.2),
+    }
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t = time.perf_counter()
             fn()
-        out[name] = 1e3 * (time.perf_counter() - t) / 5
-    return out
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            times[name].append(time.perf_counter() - t)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -152,21 +200,27 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     dev = [f"device={args.device}"]
-    results: dict[str, Any] = {"threads": torch.get_num_threads(), "device": args.device}
+    results: dict[str, Any] = {"threads": threads, "device": args.device}
     results["10_digits"] = compare(10, args.rounds, args.loop_rounds, dev)
     print(json.dumps(results["10_digits"]), flush=True)
     results["100_synthetic"] = compare(100, args.rounds, args.loop_rounds, [*SYNTHETIC_144, *dev])
     print(json.dumps(results["100_synthetic"]), flush=True)
+    spawn = multiprocessing.get_context("spawn")
     for chunk in (64, 256):
         key = f"1000_synthetic_chunk{chunk}"
         loops = args.loop_rounds if args.loop_at_1000 and chunk == 256 else 0
-        results[key] = compare(
-            1000, max(2, args.rounds // 2), loops, [*SYNTHETIC_144, *dev, f"cohort_chunk={chunk}"]
+        case = (
+            1000,
+            max(2, args.rounds // 2),
+            loops,
+            [*SYNTHETIC_144, *dev, f"cohort_chunk={chunk}"],
         )
-        results[key]["peak_rss_mb_after"] = peak_rss_mb()
+        with spawn.Pool(1) as pool:  # a fresh process: its memory growth is this case's
+            results[key] = pool.apply(_compare_with_memory, (threads, case))
         print(json.dumps(results[key]), flush=True)
-    results["step_256_clients"] = step_bmm_vs_vmap()
+    results["step_256_clients"] = step_three_ways()
     results["masks_1000_clients"] = masks_hash_vs_dropout()
     print(json.dumps(results["step_256_clients"]), json.dumps(results["masks_1000_clients"]))
     if args.json:

@@ -3,7 +3,7 @@
 The cohort's models are stacked, (clients, *shape) per parameter, and every local SGD
 step trains all of them at once: one gather builds every client's minibatch, the
 model's batched forward is a handful of batched GEMMs, and the gradients come from the
-model's hand-written batched backward (the MLP: six batched GEMMs) or, for other
+model's hand-written batched backward (the MLP: five batched GEMMs) or, for other
 models, from autograd of the summed per-client losses (clients share no parameters, so
 each gets its own gradient). Clients with fewer samples are masked, not looped: a
 padded sample weighs zero in its client's loss, and a client with no batch left in
@@ -30,6 +30,10 @@ import torch.nn.functional as F
 
 from fedbench.sim import seeding
 from fedbench.sim.models import ModelSpec
+
+# Dropout bits are drawn for several local steps at once, about this many bytes at a time:
+# larger => fewer kernel launches (what small cohorts pay for), more memory.
+MASK_BLOCK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,9 @@ def train(
         steps_range = torch.arange(most, device=dev, dtype=torch.int32)
         # keys of every (client, own step) of the round at once: (C, steps)
         step_keys = seeding.derive(cohort.dropout_keys.unsqueeze(1), steps_range.unsqueeze(0))
+        # Bits for several steps at once (fewer, larger kernels), ~MASK_BLOCK_BYTES at a time.
+        block = max(1, MASK_BLOCK_BYTES // max(C * B * spec.dropout_units, 1))
+        block_start, len_block, bits = 0, 0, None
     loss_sum = torch.zeros(C, device=dev)
     steps_host = np.zeros(C, dtype=np.int64)
     samples_host = np.zeros(C, dtype=np.int64)
@@ -150,55 +157,23 @@ def train(
         flat = gidx.reshape(-1)
         xb = X.index_select(0, flat).view(c, B, -1)  # (c, B, features)
         yb = y.index_select(0, flat).view(c, B)
-        weight = None  # (c, B) 1 on real samples, 0 on padding; None when all are real
+        weight = count = None  # (c, B) 1 on real samples, 0 on padding; None: all real
         if bool((taken < B).any()):
             count = torch.from_numpy(taken).to(device=dev, dtype=X.dtype)
             weight = (arange_b < count.unsqueeze(1)).to(X.dtype)
         mask = None
         if drop is not None:
-            if bool(np.all(own_step[act] == own_step[act[0]])):
-                k = step_keys[sel, int(own_step[act[0]])]
+            t = int(own_step[act[0]])
+            if bool(np.all(own_step[act] == t)):  # one step for all: bits come in blocks
+                if not block_start <= t < block_start + len_block:
+                    block_start, len_block = t, min(block, len(steps_range) - t)
+                    bits = drop.bytes_for(step_keys[:, t : t + len_block])  # (C, S, B, units)
+                mask = drop.masks_from_bytes(bits[sel, t - block_start])
             else:
                 k = step_keys[sel].gather(1, torch.from_numpy(own_step[act]).to(dev).unsqueeze(1))
-            mask = drop.masks_for(k.reshape(-1))
+                mask = drop.masks_from_bytes(drop.bytes_for(k.reshape(-1)))
 
-        if spec.hand_backward:
-            with torch.no_grad():
-                logits, saved = spec.forward_train(p_sub, xb, mask)
-                logp = torch.log_softmax(logits, 2)
-                ce = -logp.gather(2, yb.unsqueeze(2)).squeeze(2)  # (c, B)
-                # d(mean CE)/d logits = (softmax - onehot) * weight / count
-                dlogits = logp.exp_().sub_(F.one_hot(yb, logp.shape[2]))
-                if weight is None:
-                    loss = ce.mean(1)
-                    dlogits.mul_(1.0 / B)
-                else:
-                    loss = (ce * weight).sum(1) / count
-                    dlogits.mul_((weight / count.unsqueeze(1)).unsqueeze(2))
-                if b_sub is not None:  # buf = momentum * buf + grad, fused into the GEMMs
-                    spec.backward_into(p_sub, saved, mask, dlogits, b_sub, opt.momentum)
-                    d = b_sub
-                else:
-                    d = [torch.empty_like(p) for p in p_sub]
-                    spec.backward_into(p_sub, saved, mask, dlogits, d, 0.0)
-                if opt.weight_decay:  # SGD's d = grad + wd * p, inside the momentum sum
-                    torch._foreach_add_(d, p_sub, alpha=opt.weight_decay)
-                torch._foreach_add_(p_sub, d, alpha=-opt.lr)
-        else:
-            leaves = [p.detach().requires_grad_() for p in p_sub]
-            logits = spec.forward(leaves, xb, mask)
-            ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(c, B)
-            loss = ce.mean(1) if weight is None else (ce * weight).sum(1) / count
-            g = list(torch.autograd.grad(loss.sum(), leaves))
-            loss = loss.detach()
-            with torch.no_grad():
-                if opt.weight_decay:
-                    torch._foreach_add_(g, p_sub, alpha=opt.weight_decay)
-                if b_sub is not None:
-                    torch._foreach_mul_(b_sub, opt.momentum)
-                    torch._foreach_add_(b_sub, g)
-                    g = b_sub
-                torch._foreach_add_(p_sub, g, alpha=-opt.lr)
+        loss = _sgd_step(spec, p_sub, b_sub, xb, yb, weight, count, mask, opt)
 
         if not isinstance(sel, slice):
             for whole, sub in zip(params, p_sub, strict=True):
@@ -214,6 +189,67 @@ def train(
         loss=loss_sum / steps.clamp(min=1),
         samples=torch.from_numpy(samples_host).to(dev),
     )
+
+
+def _sgd_step(
+    spec: ModelSpec,
+    params: list[torch.Tensor],
+    bufs: list[torch.Tensor] | None,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    weight: torch.Tensor | None,
+    count: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    opt: LocalSGD,
+) -> torch.Tensor:
+    """One SGD step of every client, in place on ``params`` and ``bufs`` (each (c, *shape)),
+    as ``torch.optim.SGD`` does it: d = grad + wd * p; buf = momentum * buf + d;
+    p -= lr * buf. Returns each client's mean minibatch loss (c,).
+
+    xb (c, B, features), yb (c, B); weight (c, B) and count (c,) when some batches are
+    partial (padding weighs zero), else None; mask (c, B, units) dropout or None.
+    """
+    c, B = yb.shape
+    if not spec.hand_backward:  # autograd of the summed per-client losses
+        leaves = [p.detach().requires_grad_() for p in params]
+        logits = spec.forward(leaves, xb, mask)
+        ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(c, B)
+        loss = ce.mean(1) if weight is None else (ce * weight).sum(1) / count
+        grads = list(torch.autograd.grad(loss.sum(), leaves))
+        with torch.no_grad():
+            if opt.weight_decay:
+                torch._foreach_add_(grads, params, alpha=opt.weight_decay)
+            if bufs is not None:
+                torch._foreach_mul_(bufs, opt.momentum)
+                torch._foreach_add_(bufs, grads)
+                grads = bufs
+            torch._foreach_add_(params, grads, alpha=-opt.lr)
+        return loss.detach()
+
+    with torch.no_grad():
+        logits, saved = spec.forward_train(params, xb, mask)
+        logp = torch.log_softmax(logits, 2)
+        target = yb.unsqueeze(2)
+        logp_y = logp.gather(2, target)  # (c, B, 1)
+        ce = logp_y.squeeze(2).neg()  # (c, B)
+        # d(mean CE)/d logits = (softmax - onehot) * weight / count
+        dlogits = logp.exp_().scatter_(2, target, logp_y.exp().sub_(1))
+        if weight is None:
+            loss = ce.mean(1)
+            dlogits.mul_(1.0 / B)
+        else:
+            loss = (ce * weight).sum(1) / count
+            dlogits.mul_((weight / count.unsqueeze(1)).unsqueeze(2))
+        if bufs is not None:  # buf = momentum * buf + grad, fused into the GEMMs
+            spec.backward_into(params, saved, mask, dlogits, bufs, opt.momentum)
+            d = bufs
+        else:
+            d = [torch.empty_like(p) for p in params]
+            spec.backward_into(params, saved, mask, dlogits, d, 0.0)
+        if opt.weight_decay:  # d = grad + wd * p, inside the momentum sum
+            torch._foreach_add_(d, params, alpha=opt.weight_decay)
+        torch._foreach_add_(params, d, alpha=-opt.lr)
+    return loss
 
 
 def _rows(active: np.ndarray, device: torch.device) -> slice | torch.Tensor:

@@ -266,3 +266,70 @@ def test_cnn_and_synthetic_run(make_cfg) -> None:
     s = run(make_cfg("dataset=synthetic", "partition=natural", "num_clients=30",
                      "clients_per_round=8", "rounds=2", "cohort_chunk=3"))  # fmt: skip
     assert s["status"] == "ok" and len(s["client_sizes"]) == 30
+
+
+def _direct_cohort(sizes: list[int], seed: int = 0):
+    """A cohort built by hand: clients in the given size order (not sorted by size)."""
+    from fedbench.sim import seeding
+    from fedbench.sim.cohort import Cohort
+
+    gen = torch.Generator().manual_seed(seed)
+    n_total = sum(sizes)
+    X = torch.randn(n_total, 64, generator=gen)
+    y = torch.randint(0, 10, (n_total,), generator=gen)
+    perm = torch.randperm(n_total, generator=gen)
+    index = torch.zeros(len(sizes), max(sizes), dtype=torch.long)
+    lo = 0
+    for i, k in enumerate(sizes):
+        index[i, :k] = perm[lo : lo + k]
+        lo += k
+    ids = torch.arange(len(sizes)) * 7 + 3
+    cohort = Cohort(
+        clients=ids,
+        index=index,
+        n=torch.tensor(sizes),
+        shuffle_keys=seeding.client_keys(ids, seed, 1, seeding.SHUFFLE),
+        dropout_keys=seeding.client_keys(ids, seed, 1, seeding.DROPOUT),
+    )
+    return X, y, cohort
+
+
+@pytest.mark.parametrize(
+    ("model", "opt_kw"),
+    [
+        ("mlp", {"momentum": 0.9, "weight_decay": 0.01, "local_epochs": 2, "local_steps": None}),
+        ("mlp", {"momentum": 0.0, "weight_decay": 0.0, "local_epochs": 1, "local_steps": 9}),
+        ("cnn", {"momentum": 0.9, "weight_decay": 0.0, "local_epochs": 2, "local_steps": None}),
+    ],
+    ids=["mlp-epochs-interleaved", "mlp-steps-no-momentum", "cnn-autograd"],
+)
+def test_cohort_train_equals_loop_for_interleaved_sizes(model, opt_kw) -> None:
+    """Uneven clients in no particular order: the active clients of a step are not
+    contiguous and their own steps differ (the engine's index paths, not its slices)."""
+    from fedbench.sim import cohort as cohort_engine
+    from fedbench.sim import loop as loop_engine
+    from fedbench.sim.models import CNN, MLP
+
+    spec = MLP(64, 10, [32, 16], 0.3) if model == "mlp" else CNN((1, 8, 8), 10, [4, 8], 0.3)
+    X, y, cohort = _direct_cohort([41, 9, 40, 17, 3, 40])
+    opt = cohort_engine.LocalSGD(lr=0.05, batch_size=8, **opt_kw)
+    start = spec.init(torch.Generator().manual_seed(1))
+    a = cohort_engine.train(spec, start, X, y, cohort, opt)
+    b = loop_engine.train(spec, start, X, y, cohort, opt)
+    for pa, pb in zip(a.params, b.params, strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.loss, b.loss, rtol=1e-5, atol=1e-6)
+    assert torch.equal(a.samples, b.samples)
+    assert all(not torch.equal(p, s.expand_as(p)) for p, s in zip(a.params, start, strict=True))
+    # Each client alone gives the same result (no dependence on the rest of the cohort).
+    i = 3
+    alone = cohort_engine.Cohort(
+        clients=cohort.clients[i : i + 1],
+        index=cohort.index[i : i + 1, : int(cohort.n[i])],
+        n=cohort.n[i : i + 1],
+        shuffle_keys=cohort.shuffle_keys[i : i + 1],
+        dropout_keys=cohort.dropout_keys[i : i + 1],
+    )
+    c = cohort_engine.train(spec, start, X, y, alone, opt)
+    for pa, pc in zip(a.params, c.params, strict=True):
+        torch.testing.assert_close(pa[i], pc[0], rtol=1e-5, atol=1e-6)

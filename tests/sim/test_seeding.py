@@ -62,3 +62,33 @@ def test_dropout_masks_rate_scale_and_independence() -> None:
     assert torch.equal(alone[0], m[5])
     assert not torch.equal(m[5], m[6])
     assert not torch.equal(bits.masks(keys[5:6], torch.ones(1, dtype=torch.long))[0], m[5])
+
+
+def test_dropout_bits_are_lowbias32_bytes_in_any_block_of_steps() -> None:
+    bits = seeding.DropoutBits(0.2, 4, 10, "cpu")  # 10 units: 3 words, last one cut short
+    assert bits.threshold == 51 and bits.p_eff == 51 / 256
+    keys = seeding.client_keys(torch.arange(5), 0, 1, seeding.DROPOUT)
+    steps = torch.arange(6, dtype=torch.int32)
+    step_keys = seeding.derive(keys.unsqueeze(1), steps.unsqueeze(0))  # (5, 6)
+    block = bits.bytes_for(step_keys)  # (5, 6, 4, 10): all steps at once
+    assert block.shape == (5, 6, 4, 10) and block.dtype == torch.uint8
+    for t in (0, 5):
+        ref = seeding.hash32(step_keys[:, t, None, None] ^ bits._counter_hash)
+        assert torch.equal(block[:, t], ref.view(torch.uint8)[..., :10])
+        per_step = bits.masks(keys, torch.full((5,), t))
+        assert torch.equal(bits.masks_from_bytes(block[:, t]), per_step)
+        torch.testing.assert_close(
+            per_step, (block[:, t] >= 51).float() * (256 / 205), rtol=0, atol=0
+        )
+
+
+def test_dropout_rate_holds_in_every_byte_lane() -> None:
+    """Four masks per hash word: each of the word's bytes must drop at the same rate."""
+    bits = seeding.DropoutBits(0.5, 32, 256, "cpu")
+    keys = seeding.client_keys(torch.arange(200), 3, 2, seeding.DROPOUT)
+    m = bits.masks(keys, torch.zeros(200, dtype=torch.long))
+    lanes = (m == 0).double().view(200, 32, 64, 4).mean((0, 1, 2))
+    assert torch.all((lanes - 0.5).abs() < 0.01), lanes
+    # neighbouring units (same word) are not correlated
+    a, b = (m == 0).double().view(-1, 4)[:, 0], (m == 0).double().view(-1, 4)[:, 1]
+    assert abs(float(((a - 0.5) * (b - 0.5)).mean())) < 0.005
