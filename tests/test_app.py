@@ -47,8 +47,7 @@ def metrics(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # measured timings differ run to run; everything else must be identical
     return [
-        {k: v for k, v in r.items() if not k.endswith("_seconds") or k in SIMULATED}
-        for r in rows
+        {k: v for k, v in r.items() if not k.endswith("_seconds") or k in SIMULATED} for r in rows
     ]
 
 
