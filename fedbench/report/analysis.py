@@ -130,7 +130,7 @@ def method_labels(df: pd.DataFrame) -> pd.Series:
 
 def varying(df: pd.DataFrame, cols: list[str]) -> list[str]:
     """The columns among ``cols`` that take more than one value in ``df``."""
-    return [c for c in cols if c in df and df[c].map(_norm).astype(str).nunique() > 1]
+    return [c for c in cols if c in df and df[c].map(_norm).astype(str).nunique(dropna=False) > 1]
 
 
 def splitting_settings(df: pd.DataFrame, cols: list[str]) -> list[str]:

@@ -23,7 +23,7 @@ MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
 MARKER_SPACING = 0.08  # of the axes diagonal: markers tell lines apart, more would clutter
 DENSE = {"color": "black", "ls": "-", "marker": "", "lw": 2.6, "alpha": 0.55, "zorder": 1}
 # Settings drawn as separate lines in one panel (local SGD's K), not as separate panels.
-LINE_SETTINGS = ("local_steps", "local_epochs")
+LINE_SETTINGS = ("local_steps", "local_epochs", "aggregation", "lazy_threshold", "upload_budget_s")
 
 
 def _save(fig: Figure, out: Path, stem: str) -> Path:
