@@ -16,6 +16,7 @@ states it is given in place.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -26,7 +27,7 @@ Generators = Sequence[torch.Generator | None] | None
 States = Sequence[Any] | None
 
 
-class Compressor:
+class Compressor(abc.ABC):
     """Base of every codec. One instance is stateless and serves every client."""
 
     name: ClassVar[str] = "abstract"
@@ -35,6 +36,7 @@ class Compressor:
     randomised: ClassVar[bool] = False
 
     # -- to implement -------------------------------------------------------------------
+    @abc.abstractmethod
     def compress_batch(
         self, x: torch.Tensor, generators: Generators = None, states: States = None
     ) -> tuple[list[bytes], torch.Tensor]:
@@ -45,8 +47,8 @@ class Compressor:
         only randomness client i's message may draw from; ``states[i]`` is client i's
         state from :meth:`init_state`, updated in place.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def decode_batch(
         self, msgs: Sequence[bytes], device: torch.device | str | None = None
     ) -> torch.Tensor:
@@ -54,7 +56,6 @@ class Compressor:
 
         Untrusted input: anything malformed raises ValueError.
         """
-        raise NotImplementedError
 
     # -- derived --------------------------------------------------------------------------
     def init_state(
