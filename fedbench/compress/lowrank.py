@@ -18,6 +18,7 @@ Message layout, after ``wire.write_header(codec_id, x.dtype, shape)``::
 
 from __future__ import annotations
 
+import abc
 import math
 import struct
 from collections.abc import Sequence
@@ -106,8 +107,9 @@ class _LowRank(Compressor):
             return None
         return n, m, r
 
+    @abc.abstractmethod
     def _factorize(self, M, r, gens, states) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """Factors P (rows, n, r) and Q (rows, m, r) with P Q^T approximating M."""
 
     def _checked(self, t: torch.Tensor) -> torch.Tensor:
         sent = t.to(self._wire)

@@ -22,6 +22,7 @@ layout, and a row reduction whose result does not depend on the batch size.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 
@@ -275,8 +276,9 @@ class QuantisedCodec(Compressor):
     decoded tensor (a full-size output) is computed only for :meth:`compress_batch`.
     """
 
+    @abc.abstractmethod
     def _compress(self, x, generators, states, with_decoded: bool):
-        raise NotImplementedError
+        """(messages, decoded (rows, *shape) or None when ``with_decoded`` is false)."""
 
     def compress_batch(self, x, generators=None, states=None):
         return self._compress(x, generators, states, True)

@@ -16,6 +16,7 @@ per-client ``nn.Module`` trained by ``torch.optim.SGD``.
 
 from __future__ import annotations
 
+import abc
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -32,7 +33,7 @@ def _uniform(shape: Sequence[int], bound: float, gen: torch.Generator) -> torch.
     return (torch.rand(tuple(shape), generator=gen) * 2 - 1) * bound
 
 
-class ModelSpec:
+class ModelSpec(abc.ABC):
     """A model's parameter shapes, initialisation and two forward implementations."""
 
     name = "abstract"
@@ -50,15 +51,15 @@ class ModelSpec:
             params.append(_uniform(shape, 1 / math.sqrt(fan), gen))
         return params
 
+    @abc.abstractmethod
     def forward(
         self, params: Sequence[torch.Tensor], x: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Logits (clients, batch, classes) from x (clients, batch, features)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def module(self) -> nn.Module:
         """The same network as an ``nn.Module`` whose ``forward(x, mask)`` takes one client."""
-        raise NotImplementedError
 
     # A model with a hand-written backward sets this and implements the two methods
     # below; the cohort engine then skips autograd. Others train through autograd.
@@ -68,7 +69,7 @@ class ModelSpec:
         self, params: Sequence[torch.Tensor], x: torch.Tensor, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits (clients, batch, classes) and what :meth:`backward_into` needs."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} has no hand-written backward: train via autograd")
 
     def backward_into(
         self,
@@ -84,7 +85,7 @@ class ModelSpec:
         ``dlogits`` (clients, batch, classes) is dL/dlogits; it may be overwritten.
         ``beta = 0`` ignores the sinks' old values (NaN included).
         """
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} has no hand-written backward: train via autograd")
 
     @property
     def num_params(self) -> int:
