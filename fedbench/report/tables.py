@@ -7,6 +7,7 @@ n per quantity) for CSV.
 
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
 import numpy as np
@@ -93,8 +94,22 @@ def _short(col: str) -> str:
 
 def cells(df: pd.DataFrame) -> list[pd.DataFrame]:
     """Runs grouped into cells (same setting and codec, any seed), in a stable order."""
-    order = df.sort_values(["family", "label", "setting_key"])
-    return [g for _, g in order.groupby("cell_key", sort=False)]
+    natural = df["setting_key"].map(_natural_key)
+    order = df.assign(_natural=natural).sort_values(["family", "label", "_natural"])
+    return [g.drop(columns="_natural") for _, g in order.groupby("cell_key", sort=False)]
+
+
+def _natural_key(setting_key: str) -> tuple:
+    """Order settings by value, numbers as numbers (K=5 before K=50), nulls last."""
+    out = []
+    for v in json.loads(setting_key):
+        if isinstance(v, bool) or v is None:
+            out.append((2, str(v)))
+        elif isinstance(v, int | float):
+            out.append((0, float(v)))
+        else:
+            out.append((1, str(v)))
+    return tuple(out)
 
 
 def method_comparison(df: pd.DataFrame, settings: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
