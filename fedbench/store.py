@@ -58,6 +58,7 @@ def save(store_dir: str | Path, key: str, run_dir: Path, cfg: Mapping[str, Any])
     """Copy a finished run into the store (atomically). Returns the entry, or None."""
     root = Path(store_dir).expanduser()
     entry = root / key
+    tmp: Path | None = None
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
@@ -71,7 +72,8 @@ def save(store_dir: str | Path, key: str, run_dir: Path, cfg: Mapping[str, Any])
         # Another worker stored the same cell first, or the store is read-only: the run
         # itself is complete and saved in its own folder, so this is not an error.
         log.warning("could not save %s to the store %s: %s", key, root, e)
-        shutil.rmtree(tmp, ignore_errors=True) if "tmp" in locals() else None
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         return None
     return entry
 
