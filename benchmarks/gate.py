@@ -6,10 +6,10 @@ clone in every group), mostly does not. The gate runs a short benchmark pass (10
 values, a 100 x 10^4 cohort, CPU, one thread; about a minute here), turns it into those
 ratios and compares them with ``benchmarks/baseline.json``:
 
-- a kernel slower than its baseline ratio by more than ``--margin`` (1.5x) is measured
-  again (``--retries`` passes over the offenders alone) and fails the gate only if it
-  stays that slow every time, so a noisy neighbour does not fail CI and a kernel that
-  does twice the work does;
+- a kernel slower than its baseline ratio by more than ``--margin`` (1.75x) is measured
+  again (``--retries`` passes over the offenders alone, each after a pause and with more
+  rounds) and fails the gate only if it stays that slow every time, so a noisy
+  neighbour does not fail CI and a kernel that does twice the work does;
 - kernels missing from the baseline (a new compressor) are reported, never failed;
   baseline kernels missing from the run are reported too.
 
@@ -48,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,13 @@ REPO = HERE.parent
 BASELINE = HERE / "baseline.json"
 # Slower than baseline by more than this (in every retry) => fail. Below 2 so that a
 # kernel doing twice the work is caught; see the module docstring for the noise seen.
-DEFAULT_MARGIN = 1.5
+# 1.5 failed two of three CI runs on unchanged kernels: right after the 3-minute test
+# suite, small cohort decodes measured 1.4-1.6x their baseline for minutes on end.
+DEFAULT_MARGIN = 1.75
+DEFAULT_RETRIES = 3
+# A retry pass waits this long, then times its few kernels with more rounds.
+RETRY_PAUSE_S = 5.0
+RETRY_PASS = ("--benchmark-max-time=0.5", "--benchmark-min-rounds=50")
 STATS = ("min", "median")
 # glibc heap settings for the benchmark passes (see the module docstring).
 STABLE_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(2 << 30)}
@@ -248,10 +255,15 @@ def check(args: argparse.Namespace) -> int:
             break
         print(f"{len(bad)} kernel(s) over the margin; measuring them again ({attempt + 1})")
         targets = retry_targets(benches[0], [r.kernel for r in bad])
+        time.sleep(args.retry_pause)
         with tempfile.TemporaryDirectory() as tmp:
-            extra = shlex.split(args.pytest_args)
+            extra = [*shlex.split(args.pytest_args), *RETRY_PASS]
             again = run_pass(Path(tmp) / "retry.json", extra, args.slowdown, targets)
-        for k, v in clone_ratios(again, args.stat).items():
+        remeasured = clone_ratios(again, args.stat)
+        for r in bad:
+            v = remeasured.get(r.kernel)
+            print(f"  {r.kernel}: {r.now:.2f} -> {'-' if v is None else f'{v:.2f}'} x clone")
+        for k, v in remeasured.items():
             now[k] = min(v, now.get(k, v))
         rows = compare(now, baseline, args.margin)
     bad = offenders(rows)
@@ -332,7 +344,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--stat", choices=STATS, default="min", help="per-benchmark statistic")
     p_check = sub.choices["check"]
     p_check.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
-    p_check.add_argument("--retries", type=int, default=2, help="re-measure offenders this often")
+    p_check.add_argument(
+        "--retries", type=int, default=DEFAULT_RETRIES, help="re-measure offenders this often"
+    )
+    p_check.add_argument(
+        "--retry-pause", type=float, default=RETRY_PAUSE_S, help="seconds before a retry"
+    )
     sub.choices["update"].add_argument("--repeat", type=int, default=3, help="passes to median")
     p_table = sub.add_parser("table")
     p_table.add_argument("bench_json")
