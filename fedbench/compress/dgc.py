@@ -141,16 +141,17 @@ class DGC(_Sparse):
         ordered = torch.sort(sample, dim=1, descending=True).values
         thr = ordered.gather(1, (m - 1)[:, None])  # (c, 1)
         keep = a >= thr
-        over = keep.sum(1) > k
-        if bool(over.any()):
-            # Exact top-k of a row whose candidates exceed k (candidates contain it).
-            kmax = int(k.max())
-            kth = torch.topk(a, kmax, dim=1).values.gather(1, (k - 1)[:, None])
-            above = a > kth
-            tied = a == kth
-            need = k[:, None] - above.sum(1, keepdim=True)
-            exact = above | (tied & (torch.cumsum(tied, 1) <= need))
-            keep = torch.where(over[:, None], exact, keep)
+        counts = torch.count_nonzero(keep, dim=1).tolist()
+        for i, (count, ki) in enumerate(zip(counts, ks, strict=True)):
+            if count > ki:  # more candidates than k: the exact top-k, which they contain
+                cand = keep[i].nonzero().squeeze(1)  # ascending positions
+                vals = a[i, cand]
+                kth = torch.topk(vals, ki, sorted=False).values.min()
+                above = vals > kth
+                tied = (vals == kth).nonzero().squeeze(1)  # ties: the lowest positions
+                chosen = torch.cat((cand[above], cand[tied[: ki - int(above.sum())]]))
+                keep[i] = False
+                keep[i, chosen] = True
         return keep
 
     def compress_batch(self, x, generators=None, states=None):
@@ -187,7 +188,9 @@ class DGC(_Sparse):
         sent = v.reshape(-1)[flat].to(self._wire)
         if not bool(torch.isfinite(sent).all()):
             raise ValueError(f"{self.name}: values overflow {self._wire}; use value_dtype=float32")
-        msgs, decoded = self._emit(x, flat.cpu(), keep.sum(1).tolist(), values=sent)
+        msgs, decoded = self._emit(
+            x, flat.cpu(), torch.count_nonzero(keep, dim=1).tolist(), values=sent
+        )
         # Masking (eq. 6). v keeps what the wire dtype rounded away, so the invariant
         # sum(sent) + v == sum(u) holds exactly; for float32 values that is zero.
         v.view(-1)[flat] -= sent.to(acc)

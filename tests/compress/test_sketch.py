@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from fedbench.compress import wire
-from fedbench.compress.sketch import MAX_ROWS, CountSketch, hashes, sketch, unsketch
+from fedbench.compress.sketch import (
+    MAX_ROWS,
+    CountSketch,
+    hashes,
+    lower_median,
+    sketch,
+    unsketch,
+)
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -173,3 +180,14 @@ def test_hostile_fields_raise_value_error():
     nan[-4:] = struct.pack("<f", float("nan"))
     with pytest.raises(ValueError, match="non-finite"):
         c.decode(bytes(nan))
+
+
+@pytest.mark.parametrize("rows", range(1, 11))
+def test_lower_median_matches_torch_median(rows):
+    """The sorting network (rows <= 8) and the torch.median fallback agree with
+    torch.median, the lower middle value for an even count, ties included."""
+    g = torch.Generator().manual_seed(rows)
+    values = torch.randint(-3, 4, (rows, 5000), generator=g).float()  # many ties
+    values[:, :100] = torch.randn(rows, 100, generator=g)
+    got = lower_median([v.clone() for v in values])
+    torch.testing.assert_close(got, values.median(dim=0).values, rtol=0, atol=0)
