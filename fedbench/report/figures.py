@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,16 +41,23 @@ def is_dense_label(label: str) -> bool:
     return label == "none" or label.startswith(("none [", "none ("))
 
 
-def styles(labels: list[str]) -> dict[str, dict]:
+def styles(labels: list[str], baselines: Iterable[str] = ()) -> dict[str, dict]:
     """A stable, distinct look per label (``color``, ``ls``, ``marker``, ``lw``, ``alpha``,
-    ``zorder``): the first dense label a thick grey-black line drawn under the others (the
-    reference; a codec that matches it lies on top of it), the rest tab10 colours with a
-    marker each, then the same colours with the next line style for labels 11-20, etc."""
+    ``zorder``): the reference, a thick grey-black line drawn under the others (a codec
+    that matches it lies on top of it), the rest tab10 colours with a marker each, then
+    the same colours with the next line style for labels 11-20, etc.
+
+    The reference is the first dense label among ``baselines`` (the labels of the runs
+    other runs are measured against: with edge strategies, the sync dense run, not
+    FedBuff's), else the first dense label."""
     from matplotlib import colormaps
 
     cmap = colormaps["tab10"]
     ordered = sorted(labels)
-    dense = next((lab for lab in ordered if is_dense_label(lab)), None)
+    preferred = set(baselines)
+    dense = next((lab for lab in ordered if lab in preferred and is_dense_label(lab)), None)
+    if dense is None:
+        dense = next((lab for lab in ordered if is_dense_label(lab)), None)
     out = {dense: dict(DENSE)} if dense is not None else {}
     for i, lab in enumerate(x for x in ordered if x != dense):
         out[lab] = {
@@ -61,6 +69,15 @@ def styles(labels: list[str]) -> dict[str, dict]:
             "zorder": 2,
         }
     return out
+
+
+def baseline_labels(ok: pd.DataFrame, names: Mapping[Any, str], keys: Any) -> set[str]:
+    """The labels (``names`` of the groups ``ok.groupby(keys)``) of the runs that other
+    runs are measured against (``dense_run``, from :mod:`fedbench.report.analysis`)."""
+    if "dense_run" not in ok:
+        return set()
+    dense_dirs = set(ok["dense_run"].dropna())
+    return {names[k] for k, g in ok.groupby(keys) if g["run_dir"].isin(dense_dirs).any()}
 
 
 def _point_style(look: dict) -> dict:
@@ -147,7 +164,7 @@ def _curves(
         return None
     panel_cols, line_cols = split_settings(settings)
     names = {k: line_label(g, line_cols).rsplit(" (n=", 1)[0] for k, g in ok.groupby("cell_key")}
-    look = styles(sorted(set(names.values())))
+    look = styles(sorted(set(names.values())), baseline_labels(ok, names, "cell_key"))
     groups = _panel_groups(ok, panel_cols)
     fig, axes = _panels(len(groups), title)
     for ax, g in zip(axes, groups, strict=True):
@@ -272,7 +289,7 @@ def ratio_vs_accuracy(ok, settings, out):
         return None
     panel_cols, line_cols = split_settings(settings)
     names = {k: line_label(g, line_cols).rsplit(" (n=", 1)[0] for k, g in ok.groupby("cell_key")}
-    look = styles(sorted(set(names.values())))
+    look = styles(sorted(set(names.values())), baseline_labels(ok, names, "cell_key"))
     groups = _panel_groups(ok, panel_cols)
     fig, axes = _panels(len(groups), "Compression ratio vs final accuracy (error bars: ± std)")
     for ax, g in zip(axes, groups, strict=True):
@@ -327,7 +344,7 @@ def client_scaling(ok, settings, out):
     others = [c for c in settings if c not in {"num_clients", "clients_per_round"}]
     keys = [key_of(r, ["label", *others]) for _, r in ok.iterrows()]
     lines = {k: line_label(g, others).rsplit(" (n=", 1)[0] for k, g in ok.groupby(keys)}
-    look = styles(sorted(set(lines.values())))
+    look = styles(sorted(set(lines.values())), baseline_labels(ok, lines, keys))
     fig = Figure(figsize=(7.5, 5.2), layout="constrained")
     ax = fig.subplots()
     for key, g in sorted(ok.groupby(keys), key=lambda kv: lines[kv[0]]):

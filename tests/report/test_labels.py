@@ -69,6 +69,27 @@ def test_styles_stay_distinct_past_ten_labels():
     assert look["m10"]["ls"] == "--" and look["m10"]["color"] == look["m00"]["color"]
 
 
+def test_the_reference_line_is_the_baseline_dense_run_not_fedbuffs():
+    """Edge sweeps hold several codec-none cells; the thick reference line is the one the
+    other runs are measured against (``dense_run``), though FedBuff's sorts first."""
+    ok = pd.DataFrame(
+        {
+            "cell_key": ["fb", "sync", "topk"],
+            "run_dir": ["r0", "r1", "r2"],
+            "dense_run": ["r1", "r1", "r1"],
+        }
+    )
+    names = {"fb": "none [aggregation=fedbuff]", "sync": "none [aggregation=sync]",
+             "topk": "topk [aggregation=sync]"}  # fmt: skip
+    baselines = figures.baseline_labels(ok, names, "cell_key")
+    assert baselines == {"none [aggregation=sync]"}
+    look = figures.styles(sorted(names.values()), baselines)
+    assert look["none [aggregation=sync]"]["color"] == "black"
+    assert look["none [aggregation=fedbuff]"]["color"] != "black"
+    # without the analysis column: the first dense label, as before
+    assert figures.styles(sorted(names.values()))["none [aggregation=fedbuff]"]["color"] == "black"
+
+
 def test_no_cap_on_panels():
     ok = pd.DataFrame({"num_clients": range(8), "run_dir": [f"r{i}" for i in range(8)]})
     assert len(figures._panel_groups(ok, ["num_clients"])) == 8
