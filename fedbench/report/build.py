@@ -218,8 +218,24 @@ def build_report(
     ]:
         if table is None:
             continue
-        table.to_csv(out / f"{name}.csv", index=False)
+        portable_paths(table).to_csv(out / f"{name}.csv", index=False)
     return _write(doc, out, runs, df)
+
+
+PATH_COLUMNS = ("run_dir", "dense_run", "run_dirs")
+
+
+def portable_paths(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with run folders under the working directory written relative to it, so a
+    committed CSV does not carry the absolute paths of the machine that built it."""
+    prefix = os.path.join(os.getcwd(), "")
+    cols = [c for c in PATH_COLUMNS if c in df]
+    if not cols:
+        return df
+    out = df.copy()
+    for c in cols:
+        out[c] = out[c].map(lambda v: v.replace(prefix, "") if isinstance(v, str) else v)
+    return out
 
 
 def _problem_sections(doc: Document, df: pd.DataFrame, runs: Runs, paths, mismatch) -> None:
@@ -272,8 +288,8 @@ def _problem_sections(doc: Document, df: pd.DataFrame, runs: Runs, paths, mismat
 
 
 def _write(doc: Document, out: Path, runs: Runs, df: pd.DataFrame | None) -> Path:
-    (df if df is not None else runs.runs).to_csv(out / "runs.csv", index=False)
-    runs.rounds.to_csv(out / "rounds.csv", index=False)
+    portable_paths(df if df is not None else runs.runs).to_csv(out / "runs.csv", index=False)
+    portable_paths(runs.rounds).to_csv(out / "rounds.csv", index=False)
     md = out / "report.md"
     md.write_text(to_markdown(doc, out), encoding="utf-8")
     (out / "report.html").write_text(to_html(doc, "fedbench report"), encoding="utf-8")

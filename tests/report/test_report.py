@@ -216,3 +216,12 @@ def test_cli_and_lazy_import(tmp_path):
         text=True,
     )
     assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+def test_csv_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch):
+    write_run(tmp_path / "sweep" / "0", "topk", 10, 0)
+    monkeypatch.chdir(tmp_path)
+    build_report([tmp_path / "sweep"], tmp_path / "out")
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert list(runs["run_dir"]) == ["sweep/0"]
+    assert str(tmp_path) not in (tmp_path / "out" / "rounds.csv").read_text()
