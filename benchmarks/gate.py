@@ -61,8 +61,9 @@ REPO = HERE.parent
 BASELINE = HERE / "baseline.json"
 # Slower than baseline by more than this (in every retry) => fail. Below 2 so that a
 # kernel doing twice the work is caught; see the module docstring for the noise seen.
-# 1.5 failed two of three CI runs on unchanged kernels: right after the 3-minute test
-# suite, small cohort decodes measured 1.4-1.6x their baseline for minutes on end.
+# 1.5 failed a CI run on unchanged kernels even with the heap pinned: right after the
+# 3-minute test suite, quant8's cohort decode measured 1.62x its baseline in all three
+# passes. Five checks in a row on a quiet machine: the worst kernel 1.50-1.60x.
 DEFAULT_MARGIN = 1.75
 DEFAULT_RETRIES = 3
 # A retry pass waits this long, then times its few kernels with more rounds.
