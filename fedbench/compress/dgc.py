@@ -41,6 +41,7 @@ from fedbench.compress.sparse import (
     check_ratio_k,
     require_finite,
     resolve_k,
+    threshold_sample,
     wire_value_dtype,
 )
 
@@ -122,20 +123,7 @@ class DGC(_Sparse):
         exact top-k of the candidates if more than k passed. ``a`` = |v| (clients, n)."""
         n = a.shape[1]
         s = min(n, max(_MIN_SAMPLE, math.ceil(self.sample_ratio * n)))
-        if s == n:
-            sample = a
-        else:
-            stride = n // s
-            strided = torch.arange(0, s * stride, stride, device=a.device)
-            idx = torch.stack(
-                [
-                    strided
-                    if g is None
-                    else torch.randint(n, (s,), generator=g, device=g.device).to(a.device)
-                    for g in gens
-                ]
-            )
-            sample = a.gather(1, idx)
+        sample = a if s == n else a.gather(1, threshold_sample(n, s, gens, a.device))
         k = torch.tensor(ks, device=a.device)
         m = torch.clamp(torch.round(k.to(torch.float64) * s / n).long(), 1, s)
         ordered = torch.sort(sample, dim=1, descending=True).values

@@ -32,6 +32,7 @@ from fedbench.compress.quant import (
     QuantisedCodec,
     bucket_layout,
     cast_into,
+    check_bucket_size,
     check_stats,
     chunk3,
     columns,
@@ -111,12 +112,7 @@ class QSGD(QuantisedCodec):
     def __init__(self, levels: int = 7, bucket_size: int = 512, coding: str = "fixed") -> None:
         if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= 127:
             raise ValueError(f"qsgd: levels must be an int in 1..127, got {levels!r}")
-        if isinstance(bucket_size, bool) or not isinstance(bucket_size, int) or bucket_size < 0:
-            raise ValueError(
-                f"qsgd: bucket_size must be an int >= 0 (0 = per tensor), got {bucket_size!r}"
-            )
-        if bucket_size > wire.MAX_NUMEL:
-            raise ValueError(f"qsgd: bucket_size must be <= {wire.MAX_NUMEL}")
+        check_bucket_size("qsgd", bucket_size)
         if coding not in CODINGS:
             raise ValueError(f"qsgd: coding must be one of {CODINGS}, got {coding!r}")
         self.levels = levels

@@ -155,6 +155,16 @@ def cast_into(dst: torch.Tensor, src: torch.Tensor) -> None:
 # -- layout and reductions ------------------------------------------------------------------
 
 
+def check_bucket_size(name: str, bucket_size: object) -> None:
+    """ValueError naming ``name`` unless ``bucket_size`` is an int in 0..wire.MAX_NUMEL."""
+    if isinstance(bucket_size, bool) or not isinstance(bucket_size, int) or bucket_size < 0:
+        raise ValueError(
+            f"{name}: bucket_size must be an int >= 0 (0 = per tensor), got {bucket_size!r}"
+        )
+    if bucket_size > wire.MAX_NUMEL:
+        raise ValueError(f"{name}: bucket_size must be <= {wire.MAX_NUMEL}")
+
+
 def bucket_layout(d: int, bucket_size: int) -> tuple[int, int]:
     """``(nb, size)``: how many buckets ``d`` values fill, and their size (0 = one)."""
     if d == 0:
@@ -317,12 +327,7 @@ class Quant(QuantisedCodec):
             raise ValueError(f"quant: bits must be one of {QUANT_BITS}, got {bits!r}")
         if not isinstance(stochastic, bool):
             raise ValueError(f"quant: stochastic must be true or false, got {stochastic!r}")
-        if isinstance(bucket_size, bool) or not isinstance(bucket_size, int) or bucket_size < 0:
-            raise ValueError(
-                f"quant: bucket_size must be an int >= 0 (0 = per tensor), got {bucket_size!r}"
-            )
-        if bucket_size > wire.MAX_NUMEL:
-            raise ValueError(f"quant: bucket_size must be <= {wire.MAX_NUMEL}")
+        check_bucket_size("quant", bucket_size)
         self.bits = bits
         self.stochastic = stochastic
         self.bucket_size = bucket_size

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -93,6 +94,24 @@ def scatter_dense(
     out = torch.zeros(size, dtype=dtype, device=dev)
     out[flat.to(dev)] = values.to(dev)
     return out
+
+
+def threshold_sample(
+    n: int, s: int, gens: Sequence[torch.Generator | None], device: torch.device
+) -> torch.Tensor:
+    """(clients, s) positions of a threshold sample of n values, a row per client: s
+    uniform draws from the client's generator, or every (n // s)-th position without one
+    (DGC's sampled threshold, Lin et al. 2018, sec. 5)."""
+    stride = n // s
+    strided = torch.arange(0, s * stride, stride, device=device)
+    return torch.stack(
+        [
+            strided
+            if g is None
+            else torch.randint(n, (s,), generator=g, device=g.device).to(device)
+            for g in gens
+        ]
+    )
 
 
 def resolve_k(ratio: float | None, k: int | None, n: int) -> int:
@@ -314,16 +333,7 @@ class TopK(_Sparse):
         if all(g is None for g in gens):
             sample = x2[:, ::stride][:, :s].abs()
         else:
-            strided = torch.arange(0, s * stride, stride, device=x2.device)
-            idx = torch.stack(
-                [
-                    strided
-                    if g is None
-                    else torch.randint(n, (s,), generator=g, device=g.device).to(x2.device)
-                    for g in gens
-                ]
-            )
-            sample = x2.gather(1, idx).abs()
+            sample = x2.gather(1, threshold_sample(n, s, gens, x2.device)).abs()
         t = torch.topk(sample, m, dim=1).values[:, -1:]
         return abs_at_least(x2, t)
 

@@ -24,6 +24,7 @@ from fedbench.compress.qsgd import encode_levels, signed_values
 from fedbench.compress.quant import (
     QuantisedCodec,
     bucket_layout,
+    check_bucket_size,
     check_stats,
     pack_codes,
     parse_batch,
@@ -42,12 +43,7 @@ class TernGrad(QuantisedCodec):
     randomised = True
 
     def __init__(self, bucket_size: int = 0) -> None:
-        if isinstance(bucket_size, bool) or not isinstance(bucket_size, int) or bucket_size < 0:
-            raise ValueError(
-                f"terngrad: bucket_size must be an int >= 0 (0 = per tensor), got {bucket_size!r}"
-            )
-        if bucket_size > wire.MAX_NUMEL:
-            raise ValueError(f"terngrad: bucket_size must be <= {wire.MAX_NUMEL}")
+        check_bucket_size("terngrad", bucket_size)
         self.bucket_size = bucket_size
 
     def payload_bytes(self, d: int) -> int:
