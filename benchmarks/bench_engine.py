@@ -157,15 +157,7 @@ def step_three_ways(clients: int = 256, batch: int = 32, reps: int = 10) -> dict
         per_client_grad(params, x, y, mask)
 
     fns = {"hand_backward_ms": hand, "bmm_autograd_ms": autograd, "vmap_grad_ms": vmap}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(reps):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    return _interleaved_ms(fns, reps, warm_up=True)
 
 
 def masks_hash_vs_dropout(
@@ -180,7 +172,15 @@ def masks_hash_vs_dropout(
         "hash_masks_ms": lambda: act.mul_(bits.masks(keys, step)),
         "f_dropout_ms": lambda: F.dropout(act, 0.2),
     }
+    return _interleaved_ms(fns, reps, warm_up=False)
+
+
+def _interleaved_ms(fns: dict[str, Any], reps: int, *, warm_up: bool) -> dict[str, float]:
+    """Median ms of each function, the functions taking turns (same machine load)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
+    if warm_up:
+        for fn in fns.values():
+            fn()
     for _ in range(reps):
         for name, fn in fns.items():
             t = time.perf_counter()
