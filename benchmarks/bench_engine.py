@@ -19,6 +19,14 @@ Also timed: one training step of 256 clients three ways (the engine's hand-writt
 backward, batched GEMMs + autograd, ``torch.func.vmap(grad(...))``), and the dropout
 masks of 1,000 clients from counter-based hashing (the engine's) against ``F.dropout``.
 
+Every built-in model (``--models``; ``--models-only`` skips the MLP cases above): local
+training of 10 clients (``--model-clients``) by ``cohort.train`` and ``loop.train`` in
+the same process, their calls interleaved, on random data of the model's standard
+shape (``MODEL_CASES``): ms per client-round, samples/s, training FLOPs per sample
+(``torch.utils.flop_counter`` on one client's forward + backward), the fraction of a
+same-run ``torch.mm`` GFLOP/s the cohort engine reaches, and the peak memory of one
+chunk (CUDA: ``max_memory_allocated``; CPU: growth of the resident set, sampled).
+
 Not a pytest test (nothing here is named ``test_*``); a script whose numbers go in the
 README.
 """
@@ -40,9 +48,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from fedbench.compress import config_dir
-from fedbench.sim import seeding
+from fedbench.sim import cohort as cohort_engine
+from fedbench.sim import loop as loop_engine
+from fedbench.sim import models, seeding
 from fedbench.sim.engine import Simulation
-from fedbench.sim.models import MLP
+from fedbench.sim.models import MLP, ModelSpec
 
 SYNTHETIC_144 = [
     "dataset=synthetic", "dataset.dimension=64", "dataset.size_mu=0", "dataset.size_sigma=0",
@@ -123,7 +133,8 @@ def _compare_with_memory(threads: int, args: tuple) -> dict[str, Any]:
 def step_three_ways(clients: int = 256, batch: int = 32, reps: int = 10) -> dict[str, float]:
     """One forward+backward of the MLP (dropout 0.2) for ``clients`` clients (ms)."""
     gen = torch.Generator().manual_seed(0)
-    spec = MLP(64, 10, [128, 64], 0.2)
+    spec = ModelSpec(MLP(64, 10, [128, 64], 0.2))
+    fast = spec.fast
     x = torch.randn(clients, batch, 64, generator=gen)
     y = torch.randint(0, 10, (clients, batch), generator=gen)
     params = [torch.stack([p for _ in range(clients)]) for p in spec.init(gen)]
@@ -132,11 +143,11 @@ def step_three_ways(clients: int = 256, batch: int = 32, reps: int = 10) -> dict
     mask = bits.masks(keys, torch.zeros(clients, dtype=torch.long))
     sinks = [torch.zeros_like(p) for p in params]
 
-    def hand() -> None:  # what the engine runs (cohort.train, hand_backward models)
+    def hand() -> None:  # what the engine runs (cohort.train, the MLP's fast path)
         with torch.no_grad():
-            logits, saved = spec.forward_train(params, x, mask)
+            logits, saved = fast.forward_train(params, x, mask)
             d = torch.softmax(logits, 2) - F.one_hot(y, 10)
-            spec.backward_into(params, saved, mask, d.div_(batch), sinks, 0.9)
+            fast.backward_into(params, saved, mask, d.div_(batch), sinks, 0.9)
 
     def autograd() -> None:
         leaves = [p.clone().requires_grad_() for p in params]
@@ -189,6 +200,159 @@ def _interleaved_ms(fns: dict[str, Any], reps: int, *, warm_up: bool) -> dict[st
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
+# name -> (config, in_features, classes, image shape, samples per client, batch size):
+# the field's standard shapes, kept small enough for a shared 2-core machine (the LSTM at
+# hidden 128 over 40 characters; LEAF's 256 over 80 costs ~8x the FLOPs per sample).
+MODEL_CASES: dict[str, tuple[dict[str, Any], int, int, tuple | None, int, int]] = {
+    "mlp": ({"name": "mlp"}, 64, 10, None, 144, 32),
+    "logreg": ({"name": "logreg"}, 64, 10, None, 144, 32),
+    "cnn": ({"name": "cnn"}, 784, 10, (1, 28, 28), 64, 32),
+    "femnist_cnn": ({"name": "femnist_cnn"}, 784, 62, (1, 28, 28), 32, 16),
+    "char_lstm": ({"name": "char_lstm", "hidden": 128}, 40, 80, None, 32, 16),
+    "resnet": ({"name": "resnet"}, 3072, 10, (3, 32, 32), 32, 16),
+}
+
+
+def _case_data(name: str, clients: int, device: str):
+    cfg, features, classes, image, per_client, batch = MODEL_CASES[name]
+    spec = models.build(cfg, features, classes, image)
+    gen = torch.Generator().manual_seed(0)
+    n = clients * per_client
+    if name == "char_lstm":
+        X = torch.randint(0, classes, (n, features), generator=gen).float()
+    else:
+        X = torch.randn(n, features, generator=gen)
+    y = torch.randint(0, classes, (n,), generator=gen)
+    ids = torch.arange(clients)
+    cohort = cohort_engine.Cohort(
+        clients=ids,
+        index=torch.arange(n).view(clients, per_client).to(device),
+        n=torch.full((clients,), per_client).to(device),
+        shuffle_keys=seeding.client_keys(ids, 0, 1, seeding.SHUFFLE, device=device),
+        dropout_keys=seeding.client_keys(ids, 0, 1, seeding.DROPOUT, device=device),
+    )
+    opt = cohort_engine.LocalSGD(
+        lr=0.01, momentum=0.9, weight_decay=0.0, batch_size=batch, local_epochs=1, local_steps=None
+    )
+    start = [p.to(device) for p in spec.init(seeding.generator("cpu", 0, seeding.INIT))]
+    return spec, start, X.to(device), y.to(device), cohort, opt
+
+
+def train_flops_per_sample(spec: ModelSpec, X: torch.Tensor, batch: int) -> float:
+    """FLOPs of one client's forward + backward per sample (matmuls and convs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = spec.module().to(X.device).train()
+    x = X[:batch]
+    mask = torch.ones(batch, spec.dropout_units, device=X.device) if spec.takes_mask else None
+    with FlopCounterMode(display=False) as counter:
+        logits = module(x, mask) if spec.takes_mask else module(x)
+        logits.sum().backward()
+    return counter.get_total_flops() / batch
+
+
+def mm_gflops(device: str, n: int = 1024, reps: int = 5) -> float:
+    """GFLOP/s of a square float32 ``torch.mm`` on ``device``, now."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_chunk_mb(fn, device: str) -> float:
+    """Peak memory (MB) ``fn()`` adds: CUDA's allocator peak, or the sampled RSS growth."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    before = _rss_bytes()
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        fn()
+    finally:
+        stop.set()
+        watcher.join()
+    return max(peak[0] - before, 0) / 2**20
+
+
+def _chunks(cohort: cohort_engine.Cohort, size: int) -> list[cohort_engine.Cohort]:
+    return [
+        cohort_engine.Cohort(*(getattr(cohort, f)[lo : lo + size] for f in
+                               ("clients", "index", "n", "shuffle_keys", "dropout_keys")))
+        for lo in range(0, len(cohort.clients), size)
+    ]  # fmt: skip
+
+
+def model_case(
+    name: str, clients: int, reps: int, device: str, gflops: float, memory_mb: float | None
+) -> dict[str, Any]:
+    """Cohort vs loop local training of ``clients`` clients of model ``name``; the cohort
+    in the chunks ``cohort_chunk: auto`` picks for ``memory_mb``."""
+    spec, start, X, y, cohort, opt = _case_data(name, clients, device)
+    samples = int(cohort.n.sum()) * opt.local_epochs
+    chunk = models.auto_chunk(spec, opt.batch_size, clients, memory_mb, device)
+    parts = _chunks(cohort, chunk)
+
+    def once(engine: str) -> None:
+        if engine == "cohort":
+            for part in parts:
+                cohort_engine.train(spec, start, X, y, part, opt)
+        else:
+            loop_engine.train(spec, start, X, y, cohort, opt)
+        _sync(device)
+
+    engines = ("cohort", "loop")
+
+    peak = _peak_chunk_mb(lambda: cohort_engine.train(spec, start, X, y, parts[0], opt), device)
+    once("cohort")  # warm-up
+    once("loop")
+    ms = _interleaved_ms({k: (lambda k=k: once(k)) for k in engines}, reps, warm_up=False)
+    flops = train_flops_per_sample(spec, X, opt.batch_size)
+    per_s = samples / (ms["cohort"] / 1e3)
+    return {
+        "model": name,
+        "params": spec.num_params,
+        "clients": clients,
+        "batchable": spec.batchable,
+        "fast_path": spec.fast is not None,
+        "cohort_ms_per_client_round": ms["cohort"] / clients,
+        "loop_ms_per_client_round": ms["loop"] / clients,
+        "speedup": ms["loop"] / ms["cohort"],
+        "cohort_samples_per_s": per_s,
+        "loop_samples_per_s": samples / (ms["loop"] / 1e3),
+        "train_mflops_per_sample": flops / 1e6,
+        "mm_gflops": gflops,
+        "fraction_of_mm": flops * per_s / 1e9 / gflops,
+        "chunk": chunk,
+        "peak_chunk_mb": peak,
+    }
+
+
+def _model_case_fresh(threads: int, case: tuple) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    return model_case(*case)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -197,12 +361,34 @@ def main() -> None:
     ap.add_argument("--loop-at-1000", action="store_true", help="also time the loop at 1,000")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None, help="write the results here too")
+    ap.add_argument("--models", default=",".join(MODEL_CASES), help="built-in models to time")
+    ap.add_argument("--model-clients", type=int, default=10, help="clients per model case")
+    ap.add_argument("--model-reps", type=int, default=2, help="timed calls per engine and model")
+    ap.add_argument("--models-only", action="store_true", help="skip the MLP engine cases")
+    ap.add_argument(
+        "--memory-mb", type=float, default=None, help="cohort_memory_mb (default: per device)"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     dev = [f"device={args.device}"]
     results: dict[str, Any] = {"threads": threads, "device": args.device}
+    if args.models:
+        gflops = mm_gflops(args.device)
+        results["models"] = []
+        spawn = multiprocessing.get_context("spawn")
+        for name in args.models.split(","):
+            case = (name, args.model_clients, args.model_reps, args.device, gflops, args.memory_mb)
+            with spawn.Pool(1) as pool:  # a fresh process: its memory growth is this chunk's
+                out = pool.apply(_model_case_fresh, (threads, case))
+            results["models"].append(out)
+            print(json.dumps(out), flush=True)
+    if args.models_only:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+        return
     results["10_digits"] = compare(10, args.rounds, args.loop_rounds, dev)
     print(json.dumps(results["10_digits"]), flush=True)
     results["100_synthetic"] = compare(100, args.rounds, args.loop_rounds, [*SYNTHETIC_144, *dev])

@@ -7,15 +7,74 @@ compressor constructors check again (deeper, after imports), still before traini
 
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Callable, Mapping
-from pathlib import Path
+import re
+from collections.abc import Mapping
 from typing import Any
+
+# The value rules and the npz checks live beside this module (each its own job); their
+# names stay importable from here, as they were before the split.
+from fedbench.schema_npz import (
+    MAX_CLASSES,
+    NPZ_ARRAYS,
+    NpzInfo,
+    check_features,
+    check_labels,
+    inspect_npz,
+    open_npz,
+    read_npz_array,
+)
+from fedbench.schema_rules import (
+    COMPRESSOR,
+    SEED_MAX,
+    TOP_LEVEL,
+    Rule,
+    boolean,
+    device,
+    int_at_least,
+    non_negative,
+    one_of,
+    opt_int_at_least,
+    positive,
+    real_in,
+)
+
+__all__ = [
+    "ASYNC_KEYS",
+    "COMPRESSOR",
+    "DENSE_SETTINGS",
+    "DOWNLINK_REFUSED",
+    "GROUPS",
+    "MAX_CLASSES",
+    "NOT_IDENTITY_KEYS",
+    "NPZ_ARRAYS",
+    "SEED_MAX",
+    "TOP_LEVEL",
+    "NpzInfo",
+    "Rule",
+    "boolean",
+    "check_data",
+    "check_features",
+    "check_labels",
+    "check_overrides",
+    "config_groups",
+    "device",
+    "inspect_npz",
+    "int_at_least",
+    "non_negative",
+    "one_of",
+    "open_npz",
+    "opt_int_at_least",
+    "positive",
+    "read_npz_array",
+    "real_in",
+    "validate",
+]
 
 GROUPS = ("compressor", "dataset", "partition", "model", "network")
 # Output, store and launcher settings: they change where results go, never the numbers.
-OUTPUT_KEYS = ("store_dir", "force", "baseline", "hydra")
+NOT_IDENTITY_KEYS = (
+    "store_dir", "force", "baseline", "hydra", "max_memory_gb", "cohort_memory_mb",
+)  # fmt: skip
 
 # The dense baseline of any run (accuracy impact is measured against it): these settings,
 # compressor none. Edge strategies are off: they exist to save bytes or time.
@@ -30,126 +89,13 @@ DENSE_SETTINGS: dict[str, Any] = {
     "async_buffer_size": None,
 }
 
-Rule = Callable[[Any], str | None]  # returns what is allowed, or None when the value is fine
 
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def int_at_least(lo: int) -> Rule:
-    return lambda v: None if _is_int(v) and v >= lo else f"an integer >= {lo}"
-
-
-def opt_int_at_least(lo: int) -> Rule:
-    return lambda v: (
-        None if v is None or (_is_int(v) and v >= lo) else f"null or an integer >= {lo}"
-    )
-
-
-def real_in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> Rule:
-    def rule(v: Any) -> str | None:
-        ok = _is_real(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        return (
-            None
-            if ok
-            else f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        )
-
-    return rule
-
-
-def positive() -> Rule:
-    return lambda v: None if _is_real(v) and v > 0 else "a finite number > 0"
-
-
-def non_negative() -> Rule:
-    return lambda v: None if _is_real(v) and v >= 0 else "a finite number >= 0"
-
-
-def one_of(*choices: Any) -> Rule:
-    return lambda v: None if v in choices else "one of " + ", ".join(map(str, choices))
-
-
-def boolean() -> Rule:
-    return lambda v: None if isinstance(v, bool) else "true or false"
-
-
-def device() -> Rule:
-    def rule(v: Any) -> str | None:
-        ok = isinstance(v, str) and (
-            v in ("cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())
-        )
-        return None if ok else "cpu, cuda or cuda:N"
-
-    return rule
-
-
-TOP_LEVEL: dict[str, Rule] = {
-    "seed": int_at_least(0),
-    "rounds": int_at_least(1),
-    "num_clients": int_at_least(1),
-    "clients_per_round": int_at_least(1),
-    "local_epochs": int_at_least(1),
-    "local_steps": opt_int_at_least(1),
-    "batch_size": int_at_least(1),
-    "lr": positive(),
-    "momentum": real_in(0, 1, hi_open=True),
-    "weight_decay": non_negative(),
-    "server_lr": positive(),
-    "server_momentum": real_in(0, 1, hi_open=True),
-    "eval_every": int_at_least(1),
-    "target_accuracy": lambda v: (
-        None if v is None or (_is_real(v) and 0 < v <= 1) else "null or a number in (0, 1]"
-    ),
-    "engine": one_of("cohort", "loop"),
-    "cohort_chunk": int_at_least(1),
-    "device": device(),
-    "threads": int_at_least(0),
-    "downlink": lambda v: None if isinstance(v, str) and v else "a compressor name",
-    "downlink_error_feedback": boolean(),
-    "upload_budget_s": lambda v: None if v is None or (_is_real(v) and v > 0) else "null or > 0",
-    "adaptive_choices": lambda v: (
-        None if v is None or (isinstance(v, list | tuple) and v) else "null or a non-empty list"
-    ),
-    "lazy_threshold": lambda v: (
-        None if v is None or (_is_real(v) and 0 < v <= 1) else "null or a number in (0, 1]"
-    ),
-    "aggregation": one_of("sync", "fedbuff"),
-    "async_concurrency": opt_int_at_least(1),
-    "async_buffer_size": opt_int_at_least(1),
-    "store_dir": lambda v: None if isinstance(v, str) and v else "a folder path",
-    "force": boolean(),
-    "baseline": boolean(),
+# Broadcast codecs that cannot serve as a downlink, and why.
+DOWNLINK_REFUSED = {
+    "sketch": "its sketches merge on the server and cannot be decoded per client as a broadcast",
+    "dgc": "its momentum correction and warm-up are a client-gradient scheme, not a broadcast codec",
 }
-
-# Compressor knobs by name: whichever codec has them, they mean the same thing.
-COMPRESSOR: dict[str, Rule] = {
-    "bits": lambda v: (
-        None if _is_int(v) and (1 <= v <= 8 or v == 16) else "an integer in 1..8 or 16"
-    ),
-    "ratio": lambda v: (
-        None if v is None or (_is_real(v) and 0 < v <= 1) else "null or a number in (0, 1]"
-    ),
-    "k": opt_int_at_least(1),
-    "rank": int_at_least(1),
-    "levels": int_at_least(1),
-    "bucket_size": int_at_least(0),
-    "power_iterations": int_at_least(1),
-    "error_feedback": boolean(),
-    "stochastic": boolean(),
-    "approximate": boolean(),
-    "shared_seed": boolean(),
-}
-
-PARTITION: dict[str, Rule] = {
-    "alpha": positive(),
-    "shards_per_client": int_at_least(1),
-}
+ASYNC_KEYS = ("async_concurrency", "async_buffer_size")
 
 
 def _check(section: str, cfg: Mapping[str, Any], rules: Mapping[str, Rule]) -> None:
@@ -162,8 +108,13 @@ def _check(section: str, cfg: Mapping[str, Any], rules: Mapping[str, Rule]) -> N
 
 
 def validate(cfg: Mapping[str, Any], *, compressors: list[str] | None = None) -> None:
-    """Check a resolved config (plain dict) without importing torch; ValueError if bad."""
-    known = set(TOP_LEVEL) | set(GROUPS) | set(OUTPUT_KEYS)
+    """Check a resolved config (plain dict) without importing torch; ValueError if bad.
+
+    Also builds the data set and partition (:func:`check_data`): an npz's labels and
+    array headers are read, a synthetic data set too large to generate is refused, a
+    missing data folder is named, all in well under a second, before torch is imported.
+    """
+    known = set(TOP_LEVEL) | set(GROUPS) | set(NOT_IDENTITY_KEYS)
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise ValueError(
@@ -172,31 +123,91 @@ def validate(cfg: Mapping[str, Any], *, compressors: list[str] | None = None) ->
     for group in GROUPS:
         if not isinstance(cfg.get(group), Mapping):
             raise ValueError(f"{group}: missing config group (choose one with {group}=NAME)")
+        if cfg[group].get("_target_") == "???":  # the `custom` choice, its class not named
+            raise ValueError(
+                f"{group}._target_ is missing: {group}=custom needs {group}._target_=pkg.Class"
+            )
     _check("", cfg, TOP_LEVEL)
     if cfg["clients_per_round"] > cfg["num_clients"]:
         raise ValueError(
             f"clients_per_round={cfg['clients_per_round']} is invalid: must be <= "
             f"num_clients={cfg['num_clients']}"
         )
-    if compressors is not None and cfg["downlink"] not in compressors:
+    named_downlink = isinstance(cfg["downlink"], str)
+    if named_downlink and compressors is not None and cfg["downlink"] not in compressors:
         raise ValueError(
             f"downlink={cfg['downlink']!r} is invalid: must be a compressor name, one of "
             + ", ".join(compressors)
         )
+    if named_downlink and cfg["downlink"] in DOWNLINK_REFUSED:
+        raise ValueError(
+            f"downlink={cfg['downlink']!r} is invalid: {DOWNLINK_REFUSED[cfg['downlink']]}"
+        )
+    if cfg.get("aggregation", "sync") != "fedbuff":
+        for key in ASYNC_KEYS:
+            if cfg.get(key) is not None:
+                raise ValueError(
+                    f"{key}={cfg[key]!r} is invalid with aggregation={cfg.get('aggregation')}: "
+                    "only used with aggregation=fedbuff (set it to null)"
+                )
     comp = cfg["compressor"]
     if not isinstance(comp.get("_target_"), str):
         raise ValueError("compressor._target_ is missing: choose compressor=NAME")
-    _check("compressor", comp, COMPRESSOR)
+    # The knobs' rules are the built-in codecs' (their constructors check again after
+    # torch's import); a user's codec checks its own values, whatever its keys are named.
+    if comp["_target_"].startswith("fedbench.compress."):
+        _check("compressor", comp, COMPRESSOR)
     if comp.get("ratio") is not None and comp.get("k") is not None:
         raise ValueError(
             f"compressor.ratio={comp['ratio']!r} and compressor.k={comp['k']!r}: "
             "set one of them, not both (the other to null)"
         )
-    _check("partition", cfg["partition"], PARTITION)
-    dataset = cfg["dataset"]
-    if dataset.get("name") == "npz":
-        path = dataset.get("path")
-        if not path:
-            raise ValueError("dataset.path is missing: dataset=npz needs dataset.path=FILE.npz")
-        if not Path(str(path)).expanduser().is_file():
-            raise ValueError(f"dataset.path={path!r} is invalid: no such file")
+    check_data(cfg)
+
+
+def check_data(cfg: Mapping[str, Any]) -> None:
+    """Build the ``dataset`` and ``partition`` groups' ``_target_`` classes, which check
+    their own keys and values, then the data's files and size (an npz's labels and
+    headers, a synthetic set too large to generate) and that ``partition=natural`` gets
+    data with clients of its own. Torch-free: the data modules load torch only to load."""
+    from fedbench.sim import datasets, partition
+
+    source = datasets.build(cfg["dataset"])
+    split = partition.build(cfg["partition"])
+    source.check(num_clients=cfg["num_clients"], max_memory_gb=cfg.get("max_memory_gb"))
+    if split.needs_clients and not source.has_clients():
+        name = datasets.label(cfg["dataset"], source)
+        raise ValueError(
+            f"partition=natural is invalid for dataset={name}: the data has no clients of "
+            "its own (an npz gets them from a client_train array); use iid, dirichlet or shards"
+        )
+
+
+# -- overrides Hydra cannot compose ---------------------------------------------------------
+_GROUP_NULL = re.compile(r"^[+~]{0,2}([\w/]+)=(.*)$")
+
+
+def config_groups() -> list[str]:
+    """Config group names (``compressor``, ``hydra/launcher``, ...): folders of ``conf/``."""
+    from fedbench.configs import config_dir
+
+    conf = config_dir()
+    return sorted(
+        str(p.relative_to(conf)) for p in conf.rglob("*") if p.is_dir() and "__" not in p.name
+    )
+
+
+def check_overrides(overrides: list[str], groups: list[str]) -> None:
+    """Refuse ``GROUP=null`` on the command line (``compressor=null``, also inside a sweep
+    list): Hydra fails composing it with a bare traceback. ``groups`` are the config
+    group names (folders of ``conf/``)."""
+    for arg in overrides:
+        m = _GROUP_NULL.match(arg)
+        if m is None or m.group(1) not in groups:
+            continue
+        values = [v.strip().lower() for v in m.group(2).split(",")]
+        if "null" in values or m.group(2).strip() == "":
+            raise ValueError(
+                f"{m.group(1)}={m.group(2)!r} is invalid: must name a config, one of "
+                f"conf/{m.group(1)}/*.yaml (e.g. {m.group(1)}=NAME)"
+            )

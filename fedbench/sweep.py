@@ -17,6 +17,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fedbench import schema, store
+from fedbench.results import load_config_file
 
 log = logging.getLogger("fedbench")
 
@@ -25,7 +26,7 @@ def _cell_configs(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     cells = []
     for cfg_file in sorted(sweep_dir.rglob(".hydra/config.yaml")):
         try:
-            cfg = OmegaConf.to_container(OmegaConf.load(cfg_file), resolve=True)
+            cfg = load_config_file(cfg_file)  # bounded: a hostile file cannot hang the sweep
         except Exception as e:  # an unreadable cell is the report's to list, not ours
             log.warning("skipping %s: %s", cfg_file, e)
             continue

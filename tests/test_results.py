@@ -122,3 +122,86 @@ def test_bad_inputs(tmp_path):
     runs = load_runs([tmp_path])
     assert len(runs.runs) == 1 and any("unreadable config" in p for p in runs.problems)
     assert load_runs([tmp_path / "x" / ".hydra"]).runs.empty
+
+
+def test_writer_starts_a_restarted_run_afresh(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"round": 1}\n{"round": 2}\n')
+    (run / "summary.json").write_text(json.dumps({"status": "ok"}))
+    w = RunWriter(run)
+    assert read_summary(run) is None  # no old summary beside the new metrics
+    w.append_round({"round": 1})
+    w.close()
+    assert [r["round"] for r in read_metrics(run)[0]] == [1]
+
+
+def test_repeated_rounds_keep_the_last_sequence(tmp_path):
+    run = tmp_path / "0"
+    _config(run)
+    rows = [{"round": r, "test_accuracy": a} for r, a in [(1, 0.1), (2, 0.2), (1, 0.5), (2, 0.6)]]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "summary.json").write_text(json.dumps({"status": "ok", "final_accuracy": 0.6}))
+    runs = load_runs([tmp_path])
+    assert runs.rounds["round"].tolist() == [1, 2]
+    assert runs.rounds["test_accuracy"].tolist() == [0.5, 0.6]
+    assert runs.runs.iloc[0]["rounds_logged"] == 2
+    assert any("rounds restart at row 3" in p for p in runs.problems)
+
+
+def test_cpu_and_cuda_runs_are_different_cells(tmp_path):
+    for name, device in [("cpu", "cpu"), ("gpu", "cuda:0"), ("gpu1", "cuda:1")]:
+        _config(tmp_path / name, device=device)
+        (tmp_path / name / "metrics.jsonl").write_text('{"round": 1}\n')
+        (tmp_path / name / "summary.json").write_text(json.dumps({"status": "ok"}))
+    runs = load_runs([tmp_path])
+    assert len(runs.runs) == 2  # cuda:0 and cuda:1 are the same cell
+    assert sum("duplicate run" in p for p in runs.problems) == 1
+
+
+def test_fingerprint_becomes_columns(tmp_path):
+    _config(tmp_path / "a")
+    (tmp_path / "a" / "metrics.jsonl").write_text('{"round": 1}\n')
+    fp = {"source_sha": "abc123", "fedbench_version": "0.1.0", "data_sha": {"x.npz": "f0"}}
+    (tmp_path / "a" / "summary.json").write_text(json.dumps({"status": "ok", "fingerprint": fp}))
+    row = load_runs([tmp_path]).runs.iloc[0]
+    assert row["source_sha"] == "abc123" and row["fedbench_version"] == "0.1.0"
+    assert json.loads(row["data_sha"]) == {"x.npz": "f0"}
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (BILLION_LAUGHS, "alias bomb"),
+        ("a: &a [*a]\n", "recursive YAML alias"),
+        ("x: " + "y" * (2 << 20) + "\n", "over 1048576 bytes"),
+    ],
+    ids=["billion_laughs", "recursive", "huge"],
+)
+def test_hostile_config_is_a_loading_problem_fast(tmp_path, text, why):
+    import time
+
+    from fedbench.sweep import _cell_configs
+
+    (tmp_path / "x" / ".hydra").mkdir(parents=True)
+    (tmp_path / "x" / ".hydra" / "config.yaml").write_text(text)
+    _config(tmp_path / "ok")
+    start = time.perf_counter()
+    runs = load_runs([tmp_path])
+    cells = _cell_configs(tmp_path)
+    assert time.perf_counter() - start < 2
+    assert [p for p in runs.problems if "unreadable config" in p and why in p]
+    assert len(runs.runs) == 2 and [c.name for c, _ in cells] == ["ok"]

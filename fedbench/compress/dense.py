@@ -11,8 +11,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from fedbench.compress import wire
+from fedbench.compress import ids, wire
 from fedbench.compress.base import Compressor, check_batch
+from fedbench.compress.finite import all_finite, require_finite
 
 
 class _Cast(Compressor):
@@ -23,8 +24,8 @@ class _Cast(Compressor):
         check_batch(self, x, generators, states)
         cast = x.to(self.wire_dtype)
         # One reduction over the cast catches NaN/inf in x and overflow of the wire dtype.
-        if not wire.all_finite(cast):
-            wire.require_finite(x, f"{self.name} input")
+        if not all_finite(cast):
+            require_finite(x, f"{self.name} input")
             raise ValueError(f"{self.name}: input overflows {self.wire_dtype} (|x| too large)")
         header = wire.write_header(self.codec_id, x.dtype, tuple(x.shape[1:]))
         flat = cast.reshape(x.shape[0], -1).contiguous().cpu()
@@ -52,6 +53,8 @@ class _Cast(Compressor):
             if hdr is not None and h != hdr:
                 raise ValueError(f"{self.name}: messages in one batch differ in shape or dtype")
             hdr = h
+            # peak: the stacked wire values of a batch, then the output
+            wire.check_decode_bytes(h.numel * (self.wire_dtype.itemsize + h.dtype.itemsize), r.what)
             rows.append(r.array(np_dtype, h.numel, "values"))
             r.expect_end()
         if hdr is None:
@@ -64,8 +67,7 @@ class _Cast(Compressor):
                 data = torch.from_numpy(rows[0]).unsqueeze(0)
         if self.wire_dtype == torch.bfloat16:
             data = data.view(torch.bfloat16)
-        if not wire.all_finite(data):
-            raise ValueError(f"corrupt {self.name} message: non-finite values")
+        # NaN/inf on the wire, or an overflowing cast: Compressor's check of the output
         out = data.to(device=device, dtype=hdr.dtype, copy=True)
         return out.reshape(len(msgs), *hdr.shape)
 
@@ -74,7 +76,8 @@ class Dense(_Cast):
     """No compression: fp32 on the wire (4 bytes a value). Exact for fp32 input."""
 
     name = "none"
-    codec_id = 1
+    codec_id = ids.codec_id("none")
+    family = ids.family("none")
     wire_dtype = torch.float32
 
 
@@ -82,7 +85,8 @@ class Fp16(_Cast):
     """IEEE half precision on the wire (2 bytes a value); relative error <= 2^-11."""
 
     name = "fp16"
-    codec_id = 2
+    codec_id = ids.codec_id("fp16")
+    family = ids.family("fp16")
     wire_dtype = torch.float16
 
 
@@ -90,5 +94,6 @@ class Bf16(_Cast):
     """bfloat16 on the wire (2 bytes a value): fp32's range, 8 bits of mantissa."""
 
     name = "bf16"
-    codec_id = 3
+    codec_id = ids.codec_id("bf16")
+    family = ids.family("bf16")
     wire_dtype = torch.bfloat16

@@ -35,15 +35,11 @@ from typing import ClassVar
 
 import torch
 
+from fedbench.compress import ids
 from fedbench.compress.base import check_batch
-from fedbench.compress.sparse import (
-    _Sparse,
-    check_ratio_k,
-    require_finite,
-    resolve_k,
-    threshold_sample,
-    wire_value_dtype,
-)
+from fedbench.compress.finite import require_finite
+from fedbench.compress.selection import check_ratio_k, resolve_k, threshold_sample
+from fedbench.compress.sparse import _Sparse, wire_value_dtype
 
 # A threshold estimated from fewer values than this is too noisy at ratio ~ 1e-2.
 _MIN_SAMPLE = 1024
@@ -69,7 +65,8 @@ class DGC(_Sparse):
     """
 
     name = "dgc"
-    codec_id = 15
+    codec_id = ids.codec_id("dgc")
+    family = ids.family("dgc")
     biased = True
     randomised = True  # the threshold sample is drawn from the generator
     keeps_residual: ClassVar[bool] = True  # v: refuse an ErrorFeedback wrapper in a run

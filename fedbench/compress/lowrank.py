@@ -1,5 +1,7 @@
 """Low-rank compressors: PowerSGD (Vogels et al. 2019) and truncated SVD (its bound).
 
+(~300 lines: the two codecs share the factor framing, decoder and state; one file.)
+
 A tensor of shape (n, m1, m2, ...) is viewed as the matrix M (n, m) with m = m1*m2*...
 and sent as two factors, P (n, r) and Q (m, r), decoded as ``P @ Q.T``. Tensors where
 that does not pay — 1-D tensors and scalars, or ``(n + m) r * min_compression_rate >= n m``
@@ -26,9 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fedbench.compress import wire
+from fedbench.compress import ids, wire
 from fedbench.compress.base import Compressor, check_batch
-from fedbench.compress.sparse import require_finite, wire_value_dtype
+from fedbench.compress.finite import require_finite
+from fedbench.compress.sparse import wire_value_dtype
 
 _DENSE, _FACTORS = 0, 1
 
@@ -78,6 +81,12 @@ def orthonormal_rows(p: torch.Tensor) -> torch.Tensor:
     if p.device.type != "cpu":
         return torch.linalg.qr(p).Q
     return torch.stack([torch.linalg.qr(_aligned(p[i])).Q for i in range(p.shape[0])])
+
+
+def factors_decode_bytes(n: int, m: int, r: int, value_bytes: int, dtype: torch.dtype) -> int:
+    """Peak bytes of decoding one factors message: the fp32 product ``P Q^T`` (n x m), its
+    cast to ``dtype`` (or, in a batch, its contiguous copy), and the factors' copies."""
+    return n * m * (4 + max(4, dtype.itemsize)) + (n + m) * r * (2 * value_bytes + 8)
 
 
 class _LowRank(Compressor):
@@ -167,7 +176,10 @@ class _LowRank(Compressor):
                 raise ValueError(f"{self.name}: messages in one batch differ in shape or mode")
             hdr, mode0 = h, mode
             np_dtype = "<f2" if vflag else "<f4"
+            vbytes = 2 if vflag else 4
             if mode == _DENSE:
+                # a copy of the values, their stack, the cast to the message dtype
+                wire.check_decode_bytes(h.numel * (2 * vbytes + h.dtype.itemsize), rd.what)
                 dense.append(torch.from_numpy(rd.array(np_dtype, h.numel, "values").copy()))
             else:
                 if len(h.shape) < 2:
@@ -176,6 +188,7 @@ class _LowRank(Compressor):
                 r = rd.u32("rank")
                 if not 1 <= r <= min(n, m):
                     raise ValueError(f"corrupt {self.name} message: rank {r} for a {n}x{m} matrix")
+                wire.check_decode_bytes(factors_decode_bytes(n, m, r, vbytes, h.dtype), rd.what)
                 P = rd.array(np_dtype, n * r, "P").reshape(n, r)
                 Q = rd.array(np_dtype, m * r, "Q").reshape(m, r)
                 Ps.append(torch.from_numpy(P.copy()))
@@ -219,7 +232,8 @@ class PowerSGD(_LowRank):
     """
 
     name = "powersgd"
-    codec_id = 10
+    codec_id = ids.codec_id("powersgd")
+    family = ids.family("powersgd")
     randomised = True
 
     def __init__(
@@ -273,7 +287,8 @@ class SVD(_LowRank):
     Sends P = U_r S_r and Q = V_r in PowerSGD's layout. Deterministic, biased."""
 
     name = "svd"
-    codec_id = 13
+    codec_id = ids.codec_id("svd")
+    family = ids.family("svd")
     randomised = False
 
     def _factorize(self, M, r, gens, states):

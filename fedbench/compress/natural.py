@@ -8,7 +8,7 @@ stands for 0 (the lower neighbour of the smallest normal, so |x| < 2^-126 rounds
 unbiasedly between 0 and 2^-126).
 
 Rounding adds uniform noise to the 23 mantissa bits and keeps the carry into the
-exponent, which is exactly the rule above (at 2^-16 resolution, see quant.noise16).
+exponent, which is exactly the rule above (at 2^-16 resolution, see rounding.noise16).
 
 Payload after the header: ``exponent u8[d] | sign bits`` (1 = negative, LSB first),
 i.e. ``d + ceil(d/8)`` bytes. Inputs need ``|x| < 2^127`` (``2^15`` for fp16), so that
@@ -22,9 +22,12 @@ import math
 import numpy as np
 import torch
 
-from fedbench.compress import wire
+from fedbench.compress import ids, wire
 from fedbench.compress.base import check_batch
-from fedbench.compress.quant import QuantisedCodec, noise16, parse_batch, stack_rows, to_output
+from fedbench.compress.bitpack import pack_codes, packed_size, unpack_codes
+from fedbench.compress.finite import require_finite
+from fedbench.compress.messages import BytesFirstCodec, parse_batch, stack_rows, to_output
+from fedbench.compress.rounding import noise16
 
 # Largest exponent field per dtype: 2^(field - 127) must be finite there
 # (fp32/fp64/bf16: 2^127; fp16: 2^15). Default 254.
@@ -38,17 +41,18 @@ def _values(field: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     return bits.view(torch.float32)
 
 
-class Natural(QuantisedCodec):
+class Natural(BytesFirstCodec):
     """Natural compression (Horvath et al. 2019, eq. 3): unbiased, 9 bits a value."""
 
     name = "natural"
-    codec_id = 11
+    codec_id = ids.codec_id("natural")
+    family = ids.family("natural")
     biased = False
     randomised = True
 
     def payload_bytes(self, d: int) -> int:
         """Exact payload size (after the header) for ``d`` values."""
-        return d + wire.packed_size(d, 1)
+        return d + packed_size(d, 1)
 
     def _compress(self, x, generators, states, with_decoded):
         gens, _ = check_batch(self, x, generators, states)
@@ -59,7 +63,7 @@ class Natural(QuantisedCodec):
         magnitude = x32.view(torch.int32).bitwise_and(0x7FFFFFFF)  # (rows, d) |x| bits
         max_field = _MAX_FIELD.get(x.dtype, 254)
         if d and int(magnitude.max()) > max_field << 23:
-            wire.require_finite(x, f"{self.name} input")
+            require_finite(x, f"{self.name} input")
             raise ValueError(
                 f"{self.name}: |x| must be <= 2^{max_field - 127} for {x.dtype} input, so that "
                 "rounding up to the next power of two stays finite"
@@ -71,14 +75,16 @@ class Natural(QuantisedCodec):
         negative = torch.signbit(x32)
         decoded = _values(field, negative) if with_decoded else None
         field_np = field.cpu().numpy()
-        signs = np.packbits(negative.cpu().numpy(), axis=-1, bitorder="little")
+        signs = pack_codes(negative, 1)
         msgs = [b"".join((header, field_np[i].data, signs[i].data)) for i in range(rows)]
         return msgs, self._output(decoded, x.dtype, shape)
 
     def decode_batch(self, msgs, device=None):
         def parse(r: wire.Reader, h: wire.Header):
+            # exponents and signs (stacked, unpacked), two int32 words, the cast
+            wire.check_decode_bytes(h.numel * (12 + h.dtype.itemsize), r.what)
             field = r.array("u1", h.numel, "exponents")
-            signs = r.array("u1", wire.packed_size(h.numel, 1), "sign bits")
+            signs = r.array("u1", packed_size(h.numel, 1), "sign bits")
             return None, (field, signs)
 
         fields, (h, _) = parse_batch(msgs, self.name, self.codec_id, parse)
@@ -88,8 +94,6 @@ class Natural(QuantisedCodec):
             raise ValueError(
                 f"corrupt natural message: exponent field {int(field.max())} too large"
             )
-        signs = np.unpackbits(
-            stack_rows([f[1] for f in fields]), axis=-1, count=d, bitorder="little"
-        )
-        out = _values(field.to(device), torch.from_numpy(signs).to(device))
+        signs = unpack_codes(stack_rows([f[1] for f in fields]), 1, d)
+        out = _values(field.to(device), signs.to(device))
         return to_output(out, h.dtype, self.name).reshape(len(msgs), *h.shape)

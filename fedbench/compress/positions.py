@@ -126,13 +126,29 @@ def _check_increasing(pos: np.ndarray, n: int, what: str) -> np.ndarray:
     return pos
 
 
-def read_positions(r: wire.Reader, n: int, k: int) -> np.ndarray:
+def peak_bytes(n: int, k: int, tag: int) -> int:
+    """Peak bytes :func:`read_positions` allocates for k positions among n with ``tag``:
+    the int64 positions and the copies made on the way (unpacked bits, low-bit words)."""
+    if k == 0 and tag != BITMAP:
+        return 0  # nothing is read or allocated
+    if tag == ALL:
+        return 16 * n
+    if tag == INDEX32:
+        return 24 * k
+    if tag == BITMAP:
+        return 8 * ((n + 7) // 8) + 24 * k
+    low = elias_fano_low_bits(n, k)
+    return k + ((n - 1) >> low) + 48 * k + 17 * k * low
+
+
+def read_positions(r: wire.Reader, n: int, k: int, *, reserve: int = 0) -> np.ndarray:
     """Read one positions block from ``r``: (k,) int64, strictly increasing, in [0, n).
 
     Untrusted input: a bad tag, a short block, positions out of range, repeated or out
     of order, or a count that disagrees with k raise ValueError. Nothing is allocated
     beyond 8 bits per byte actually present in the message (and k, which the caller has
-    bounded by n).
+    bounded by n), and not before :func:`peak_bytes` plus ``reserve`` (what the caller
+    allocates beside the positions: its output) has passed ``wire.check_decode_bytes``.
     """
     what = r.what
     if not 0 <= k <= n:
@@ -140,6 +156,7 @@ def read_positions(r: wire.Reader, n: int, k: int) -> np.ndarray:
     tag = r.u8("positions tag")
     if tag not in TAG_NAMES:
         raise ValueError(f"corrupt {what}: unknown positions tag {tag}")
+    wire.check_decode_bytes(reserve + peak_bytes(n, k, tag), what)
     if tag == ALL:
         if k != n:
             raise ValueError(f"corrupt {what}: tag 'all' with k={k} != n={n}")

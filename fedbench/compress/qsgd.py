@@ -26,27 +26,24 @@ import math
 import numpy as np
 import torch
 
-from fedbench.compress import elias, wire
+from fedbench.compress import elias, ids, wire
 from fedbench.compress.base import check_batch
-from fedbench.compress.quant import (
-    QuantisedCodec,
+from fedbench.compress.bitpack import dequantised_bytes, pack_codes, packed_size, unpack_codes
+from fedbench.compress.buckets import (
     bucket_layout,
-    cast_into,
     check_bucket_size,
-    check_stats,
     chunk3,
     columns,
-    noise16,
-    pack_codes,
-    parse_batch,
     spans,
-    stack_rows,
-    stochastic_floor_,
-    to_output,
-    unpack_codes,
 )
+from fedbench.compress.finite import check_stats
+from fedbench.compress.messages import BytesFirstCodec, parse_batch, stack_rows, to_output
+from fedbench.compress.rounding import cast_into, noise16, stochastic_floor_
 
 CODINGS = ("fixed", "elias")
+# Peak bytes a value of elias decoding (elias.gamma_decode and _read_elias): ones, gaps,
+# starts, the values and a selection, int64 each, and the narrower codes after them.
+ELIAS_BYTES_PER_VALUE = 64
 
 
 def encode_levels(
@@ -97,7 +94,7 @@ def signed_values(codes: torch.Tensor, levels: int, unit: torch.Tensor, size: in
     return out
 
 
-class QSGD(QuantisedCodec):
+class QSGD(BytesFirstCodec):
     """QSGD (Alistarh et al. 2017, eq. 1): unbiased, variance <= min(d/s^2, sqrt(d)/s)||v||^2.
 
     ``levels`` s in 1..127; ``bucket_size`` values share one fp32 norm (0 = whole
@@ -105,7 +102,8 @@ class QSGD(QuantisedCodec):
     """
 
     name = "qsgd"
-    codec_id = 5
+    codec_id = ids.codec_id("qsgd")
+    family = ids.family("qsgd")
     biased = False
     randomised = True
 
@@ -127,7 +125,7 @@ class QSGD(QuantisedCodec):
     def payload_bytes(self, d: int) -> int:
         """Exact payload size with fixed coding for ``d`` values (elias varies)."""
         nb, _ = bucket_layout(d, self.bucket_size)
-        return 6 + 4 * nb + wire.packed_size(d, self.code_bits)
+        return 6 + 4 * nb + packed_size(d, self.code_bits)
 
     def _compress(self, x, generators, states, with_decoded):
         gens, _ = check_batch(self, x, generators, states)
@@ -157,12 +155,16 @@ class QSGD(QuantisedCodec):
             if coding >= len(CODINGS) or not 1 <= levels <= 127:
                 raise ValueError(f"corrupt qsgd message: coding {coding}, levels {levels}")
             nb, _ = bucket_layout(h.numel, bucket_size)
+            width = levels.bit_length() + 1
+            peak = dequantised_bytes(width, h.numel, h.dtype)
+            if coding == 1:  # the gamma decoder's int64 arrays, ~8 per value, and bit streams
+                peak += ELIAS_BYTES_PER_VALUE * h.numel + 8 * r.remaining
+            wire.check_decode_bytes(peak, r.what)
             norms = r.array("f4", nb, "norms")
             if not (np.isfinite(norms).all() and (norms >= 0).all()):
                 raise ValueError("corrupt qsgd message: a norm is negative or not finite")
             if coding == 0:
-                width = levels.bit_length() + 1
-                body = r.array("u1", wire.packed_size(h.numel, width), "codes")
+                body = r.array("u1", packed_size(h.numel, width), "codes")
             else:
                 body = _read_elias(r, h.numel, levels)
             return (coding, levels, bucket_size), (norms, body)

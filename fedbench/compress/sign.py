@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
-from fedbench.compress import wire
+from fedbench.compress import ids, wire
 from fedbench.compress.base import check_batch
-from fedbench.compress.quant import (
-    QuantisedCodec,
-    check_stats,
-    parse_batch,
+from fedbench.compress.bitpack import pack_codes, packed_size, unpack_mask
+from fedbench.compress.buckets import (
     row_abs_sum,
-    stack_rows,
-    to_output,
 )
+from fedbench.compress.finite import check_stats
+from fedbench.compress.messages import BytesFirstCodec, parse_batch, stack_rows, to_output
 
 
 def _signed_scale(positive: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -34,17 +31,18 @@ def _signed_scale(positive: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return positive.to(torch.float32).mul_(2 * s).sub_(s)  # exact: 2s - s == s
 
 
-class Sign(QuantisedCodec):
+class Sign(BytesFirstCodec):
     """EF-signSGD's compressor (Karimireddy et al. 2019): 1 bit a value, scale mean|x|."""
 
     name = "sign"
-    codec_id = 7
+    codec_id = ids.codec_id("sign")
+    family = ids.family("sign")
     biased = True
     randomised = False
 
     def payload_bytes(self, d: int) -> int:
         """Exact payload size (after the header) for ``d`` values."""
-        return 4 + wire.packed_size(d, 1)
+        return 4 + packed_size(d, 1)
 
     def _compress(self, x, generators, states, with_decoded):
         check_batch(self, x, generators, states)
@@ -56,23 +54,22 @@ class Sign(QuantisedCodec):
         check_stats(scale, x, self.name)
         positive = ~torch.signbit(x2)  # (rows, d) bool
         decoded = _signed_scale(positive, scale) if with_decoded else None
-        packed = np.packbits(positive.cpu().numpy(), axis=-1, bitorder="little")
+        packed = pack_codes(positive, 1)
         scale_np = scale.cpu().numpy()
         msgs = [b"".join((header, scale_np[i].tobytes(), packed[i].data)) for i in range(rows)]
         return msgs, self._output(decoded, x.dtype, shape)
 
     def decode_batch(self, msgs, device=None):
         def parse(r: wire.Reader, h: wire.Header):
+            # unpacked bits, the fp32 values, the cast to the message dtype
+            wire.check_decode_bytes(h.numel * (6 + h.dtype.itemsize), r.what)
             scale = r.f32("scale")
             if scale < 0:
                 raise ValueError(f"corrupt sign message: negative scale {scale}")
-            return None, (scale, r.array("u1", wire.packed_size(h.numel, 1), "sign bits"))
+            return None, (scale, r.array("u1", packed_size(h.numel, 1), "sign bits"))
 
         fields, (h, _) = parse_batch(msgs, self.name, self.codec_id, parse)
-        bits = np.unpackbits(
-            stack_rows([f[1] for f in fields]), axis=-1, count=h.numel, bitorder="little"
-        )
-        positive = torch.from_numpy(bits.view(np.bool_)).to(device)
+        positive = unpack_mask(stack_rows([f[1] for f in fields]), h.numel).to(device)
         scale = torch.tensor([f[0] for f in fields], dtype=torch.float32, device=positive.device)
         out = _signed_scale(positive, scale)
         return to_output(out, h.dtype, self.name).reshape(len(msgs), *h.shape)

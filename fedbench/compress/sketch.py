@@ -2,6 +2,9 @@
 (Rothchild et al. 2020, ICML, "FetchSGD: Communication-Efficient Federated Learning with
 Sketching", Alg. 1; count sketch of Charikar et al. 2002).
 
+(Why one file of ~390 lines: the client encoder, the hardened decoder and the server's
+merge / unsketch share the hash layout and its cache; split, each would re-derive it.)
+
 A client sends ``S(x)``, a ``rows x cols`` table: with bucket hashes ``h_j: [n] -> [cols]``
 and signs ``s_j: [n] -> {-1, +1}``, ``S[j, h_j(i)] += s_j(i) x_i``. The sketch is linear
 (``S(a x + b y) = a S(x) + b S(y)``), so the server can sum sketches before unsketching.
@@ -50,9 +53,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from fedbench.compress import wire
+from fedbench.compress import ids, wire
 from fedbench.compress.base import Compressor, check_batch
-from fedbench.compress.sparse import check_ratio_k, require_finite, resolve_k, select_topk
+from fedbench.compress.finite import all_finite, require_finite
+from fedbench.compress.selection import check_ratio_k, resolve_k, select_topk
 
 MAX_ROWS = 32
 # Fewer buckets a row than this estimate nothing (every value collides): such a tensor,
@@ -61,9 +65,15 @@ MIN_COLS = 16
 _FIELDS = struct.Struct("<BIQ")
 
 
-# A decoder builds rows x n hashes (9 bytes each) for a message of n values: it refuses
-# more than this many (2^26 entries, 600 MB; 13M values a tensor at 5 rows).
-MAX_HASH_ENTRIES = wire.MAX_DECODE_NUMEL // 4
+def decode_bytes(n: int, rows: int, dtype: torch.dtype) -> int:
+    """Peak bytes of unsketching n values from ``rows`` rows: the hashes (9 bytes an
+    entry, counted even when cached), the rows' estimates and the median's two
+    temporaries (fp32), the fp32 signs of a row, and the output in ``dtype``. Encoders
+    refuse what decoders would, so every message sent can be decoded under the cap."""
+    median = 4 * rows * n + 12 * n if rows > _NETWORK_ROWS else 0  # torch.stack + median
+    return 9 * rows * n + 4 * (rows + 3) * n + median + n * dtype.itemsize
+
+
 # Hash tables kept for reuse, in entries all told (a model has few distinct tensor sizes;
 # the oldest go first, so hostile messages cannot pile up memory here).
 _CACHE_ENTRIES = 2**26
@@ -76,10 +86,11 @@ def _hashes_cpu(seed: int, n: int, rows: int, cols: int) -> tuple[torch.Tensor, 
         _cache.move_to_end(key)
         return _cache[key]
     g = torch.Generator().manual_seed(seed)
-    buckets = torch.randint(cols, (rows, n), generator=g, dtype=torch.int64)
-    signs = torch.randint(2, (rows, n), generator=g, dtype=torch.int8) * 2 - 1
+    # in place: no second (rows, n) int64 array at the peak (decode_bytes counts 9 bytes)
+    slots = torch.randint(cols, (rows, n), generator=g, dtype=torch.int64)
+    signs = torch.randint(2, (rows, n), generator=g, dtype=torch.int8).mul_(2).sub_(1)
     # flat index into a (rows * cols) table
-    slots = buckets + torch.arange(rows, dtype=torch.int64)[:, None] * cols
+    slots.add_(torch.arange(rows, dtype=torch.int64)[:, None] * cols)
     _cache[key] = (slots, signs)
     while sum(k[1] * k[2] for k in _cache) > _CACHE_ENTRIES:
         _cache.popitem(last=False)
@@ -134,7 +145,7 @@ def lower_median(values: list[torch.Tensor]) -> torch.Tensor:
         return values[0]
     if r > _NETWORK_ROWS:
         return torch.stack(values).median(dim=0).values
-    v = list(values)
+    v = values  # replaced in place, so each input is freed once it is superseded
     for p in range(r):  # odd-even transposition sort: sorted after r passes
         for i in range(p % 2, r - 1, 2):
             v[i], v[i + 1] = torch.minimum(v[i], v[i + 1]), torch.maximum(v[i], v[i + 1])
@@ -165,7 +176,8 @@ class CountSketch(Compressor):
     sketch. See the module doc for the equations and the wire format."""
 
     name = "sketch"
-    codec_id = 14
+    codec_id = ids.codec_id("sketch")
+    family = ids.family("sketch")
     biased = True
     randomised = False  # the hashes come from hash_seed, not from a client's generator
     keeps_residual: ClassVar[bool] = True  # S_e on the server: refuse client-side EF in a run
@@ -236,10 +248,11 @@ class CountSketch(Compressor):
             msgs = [header + bytes([0]) + data[i].tobytes() for i in range(c)]
             return msgs, x2.to(x.dtype).reshape(x.shape)
         rows, cols = ts
-        if rows * n > MAX_HASH_ENTRIES:
+        if decode_bytes(n, rows, x.dtype) > wire.MAX_DECODE_BYTES:
             raise ValueError(
-                f"{self.name}: {rows} rows of hashes for {n} values exceed the decoders' "
-                f"limit ({MAX_HASH_ENTRIES}); lower rows or raise FEDBENCH_MAX_DECODE_NUMEL"
+                f"{self.name}: unsketching {rows} rows for {n} values needs "
+                f"{decode_bytes(n, rows, x.dtype)} bytes, more than the decode cap "
+                f"of {wire.MAX_DECODE_BYTES} bytes; lower rows or raise FEDBENCH_MAX_DECODE_BYTES"
             )
         slots, signs = hashes(self.hash_seed, n, rows, cols, x.device)
         table = sketch(x2, slots, signs, cols)
@@ -259,6 +272,8 @@ class CountSketch(Compressor):
         h = r.header(self.codec_id)
         rows = r.u8("rows")
         if rows == 0:
+            # the stacked values, a finiteness mask, the cast to the message dtype
+            wire.check_decode_bytes(h.numel * (5 + h.dtype.itemsize), r.what)
             data = r.array("<f4", h.numel, "values")
             r.expect_end()
             return _Parsed(h, 0, 0, 0, data)
@@ -272,12 +287,7 @@ class CountSketch(Compressor):
                 f"corrupt {self.name} message: a {rows}x{cols} sketch of {h.numel} values "
                 "(a sketch this large is sent dense)"
             )
-        if rows * h.numel > MAX_HASH_ENTRIES:
-            raise ValueError(
-                f"corrupt {self.name} message: {rows} rows of hashes for {h.numel} values "
-                f"exceed the decoder's limit ({MAX_HASH_ENTRIES}; raise it with "
-                "FEDBENCH_MAX_DECODE_NUMEL)"
-            )
+        wire.check_decode_bytes(decode_bytes(h.numel, rows, h.dtype), r.what)
         data = r.array("<f4", rows * cols, "sketch table")
         r.expect_end()
         return _Parsed(h, rows, cols, seed, data)
@@ -298,7 +308,7 @@ class CountSketch(Compressor):
                     "every client of a round must use the same rows, cols and hash_seed"
                 )
         data = torch.from_numpy(np.stack([p.data for p in parsed]))
-        if not bool(torch.isfinite(data).all()):
+        if not all_finite(data):
             raise ValueError(f"corrupt {self.name} message: non-finite values")
         return parsed, data
 
@@ -357,6 +367,8 @@ class CountSketch(Compressor):
                 "the server and the clients must use the same rows and cols"
             )
         merged = torch.tensordot(w, data.to(dev), dims=1).reshape(expect) / w.sum()
+        if not all_finite(merged):  # before the state is touched
+            raise ValueError(f"corrupt {self.name} messages: their weighted sum overflows float32")
         state.u.mul_(self.momentum).add_(merged)
         state.e.add_(state.u)
         if p0.rows == 0:  # exact: apply all of it

@@ -34,9 +34,10 @@ import struct
 import numpy as np
 import torch
 
-from fedbench.compress import wire
+from fedbench.compress import ids, wire
 from fedbench.compress.base import Compressor, check_batch
-from fedbench.compress.sparse import require_finite, resolve_k, select_topk
+from fedbench.compress.finite import require_finite
+from fedbench.compress.selection import resolve_k, select_topk
 
 _GOLDEN = (1 + math.sqrt(5)) / 2
 _MAX_B = 30
@@ -99,13 +100,21 @@ def golomb_decode(rem_raw: np.ndarray, unary_raw: np.ndarray, n: int, k: int, b:
     return pos
 
 
+def decode_bytes(n: int, k: int, b: int, stream: int, dtype: torch.dtype) -> int:
+    """Peak bytes of decoding one message: the output (n values of ``dtype``), the
+    unpacked unary stream (a byte a bit of the ``stream`` bytes left), the int64 gaps and
+    positions (~10 words a position) and the remainders' bits widened to int64."""
+    return n * dtype.itemsize + 8 * stream + 80 * k + 17 * k * b
+
+
 class STC(Compressor):
     """Sparse Ternary Compression (Sattler et al. 2019, Alg. 1 "STC"; Golomb positions,
     sec. IV). Top-k, then ternary values ``mu * sign``; 1 bit a sign, ~b*+2 bits a
     position. Size: see the module docstring (depends on the gaps, exactly computable)."""
 
     name = "stc"
-    codec_id = 12
+    codec_id = ids.codec_id("stc")
+    family = ids.family("stc")
     biased = True
     randomised = False
 
@@ -164,6 +173,7 @@ class STC(Compressor):
                 raise ValueError(f"corrupt stc message: Rice parameter {b} > {_MAX_B}")
             if not math.isfinite(mu) or mu < 0:
                 raise ValueError(f"corrupt stc message: mean magnitude {mu}")
+            wire.check_decode_bytes(decode_bytes(n, k, b, r.remaining, h.dtype), r.what)
             signs = np.frombuffer(r.take((k + 7) // 8, "signs"), dtype=np.uint8)
             rem_raw = np.frombuffer(r.take((k * b + 7) // 8, "remainders"), dtype=np.uint8)
             unary_raw = np.frombuffer(r.take(r.remaining, "positions"), dtype=np.uint8)

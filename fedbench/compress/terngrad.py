@@ -18,27 +18,24 @@ import math
 import numpy as np
 import torch
 
-from fedbench.compress import wire
+from fedbench.compress import ids, wire
 from fedbench.compress.base import check_batch
-from fedbench.compress.qsgd import encode_levels, signed_values
-from fedbench.compress.quant import (
-    QuantisedCodec,
+from fedbench.compress.bitpack import dequantised_bytes, pack_codes, packed_size, unpack_codes
+from fedbench.compress.buckets import (
     bucket_layout,
     check_bucket_size,
-    check_stats,
-    pack_codes,
-    parse_batch,
-    stack_rows,
-    to_output,
-    unpack_codes,
 )
+from fedbench.compress.finite import check_stats
+from fedbench.compress.messages import BytesFirstCodec, parse_batch, stack_rows, to_output
+from fedbench.compress.qsgd import encode_levels, signed_values
 
 
-class TernGrad(QuantisedCodec):
+class TernGrad(BytesFirstCodec):
     """TernGrad (Wen et al. 2017, eq. 2): unbiased, 2 bits a value + 4 bytes a bucket."""
 
     name = "terngrad"
-    codec_id = 6
+    codec_id = ids.codec_id("terngrad")
+    family = ids.family("terngrad")
     biased = False
     randomised = True
 
@@ -49,7 +46,7 @@ class TernGrad(QuantisedCodec):
     def payload_bytes(self, d: int) -> int:
         """Exact payload size (after the header) for ``d`` values."""
         nb, _ = bucket_layout(d, self.bucket_size)
-        return 4 + 4 * nb + wire.packed_size(d, 2)
+        return 4 + 4 * nb + packed_size(d, 2)
 
     def _compress(self, x, generators, states, with_decoded):
         gens, _ = check_batch(self, x, generators, states)
@@ -71,11 +68,12 @@ class TernGrad(QuantisedCodec):
     def decode_batch(self, msgs, device=None):
         def parse(r: wire.Reader, h: wire.Header):
             bucket_size = r.u32("bucket_size")
+            wire.check_decode_bytes(dequantised_bytes(2, h.numel, h.dtype), r.what)
             nb, _ = bucket_layout(h.numel, bucket_size)
             scale = r.array("f4", nb, "scales")
             if not (np.isfinite(scale).all() and (scale >= 0).all()):
                 raise ValueError("corrupt terngrad message: a scale is negative or not finite")
-            return bucket_size, (scale, r.array("u1", wire.packed_size(h.numel, 2), "codes"))
+            return bucket_size, (scale, r.array("u1", packed_size(h.numel, 2), "codes"))
 
         fields, (h, bucket_size) = parse_batch(msgs, self.name, self.codec_id, parse)
         d = h.numel

@@ -10,9 +10,28 @@ Layout of every message (little-endian)::
     shape   u32 x ndim   4 * ndim
     payload              codec-specific: the fields decode needs, then the data
 
+Codes inside payloads are packed by :mod:`fedbench.compress.bitpack`; the finite checks
+live in :mod:`fedbench.compress.finite`.
+
 ``decode`` treats messages as untrusted: every read is bounds-checked through
 :class:`Reader`, which raises ``ValueError`` naming what is wrong; no allocation is
 sized by a header field before the payload length has been checked against it.
+
+The decode cap. Sparse, low-rank and sketched payloads are legitimately far smaller than
+the tensor they describe, so the payload length cannot bound what decoding allocates;
+the cap does. It counts BYTES, the decoder's peak for one message (its output in the
+header's dtype plus its temporaries: unpacked codes, index arrays, hash tables, the
+product of two factors; a message decoded in a batch is counted as such), and every
+codec checks its estimate with :func:`check_decode_bytes` before allocating.
+
+- ``FEDBENCH_MAX_DECODE_BYTES=B``: the cap, in bytes (default ``2**30``, 1 GiB: about
+  10x the largest layer of the models here, as fp32, with its temporaries).
+- ``FEDBENCH_MAX_DECODE_NUMEL=N``: the older knob, in values; it still raises the cap,
+  to ``16 * N`` bytes (N values of up to 8 bytes each, as much again for temporaries)
+  when that is more than the byte cap.
+
+Both are read at import. Whatever the cap, a shape whose non-zero dimensions multiply
+to more than :data:`MAX_NUMEL` is refused, a zero-size one included.
 """
 
 from __future__ import annotations
@@ -31,11 +50,31 @@ MAX_NDIM = 8
 # One message never describes more than 2^31 - 1 values (8 GiB of fp32); a header
 # claiming more is hostile or corrupt and fails before anything is allocated.
 MAX_NUMEL = 2**31 - 1
-# What a decoder agrees to allocate for one message. Sparse and low-rank payloads are
-# legitimately far smaller than the tensor they describe, so the payload length cannot
-# bound the output; this cap does (2^28 values = 1 GiB of fp32, 10x the largest layer of
-# the models here). Raise it for bigger models: FEDBENCH_MAX_DECODE_NUMEL=N.
-MAX_DECODE_NUMEL = int(os.environ.get("FEDBENCH_MAX_DECODE_NUMEL", 2**28))
+_MAX_DIM = 2**32 - 1  # a shape field is a u32
+
+
+def _env_count(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
+def _decode_cap_from_env() -> int:
+    """The decode cap in bytes from the environment (see the module docstring)."""
+    cap = _env_count("FEDBENCH_MAX_DECODE_BYTES") or 2**30
+    numel = _env_count("FEDBENCH_MAX_DECODE_NUMEL")
+    return max(cap, 16 * numel) if numel is not None else cap
+
+
+# What a decoder agrees to allocate for one message, in bytes (module docstring).
+MAX_DECODE_BYTES = _decode_cap_from_env()
 
 DTYPES: tuple[torch.dtype, ...] = (
     torch.float32,
@@ -58,6 +97,34 @@ class Header:
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the decoded tensor: ``numel`` values of ``dtype``."""
+        return self.numel * self.dtype.itemsize
+
+
+def check_decode_bytes(nbytes: int, what: str) -> None:
+    """ValueError unless decoding may allocate ``nbytes`` (a peak estimate) under the cap.
+
+    Call it before allocating; ``what`` names the message ("topk message").
+    """
+    if nbytes > MAX_DECODE_BYTES:
+        raise ValueError(
+            f"{what} needs ~{nbytes} bytes to decode, more than the decode cap of "
+            f"{MAX_DECODE_BYTES} bytes (raise the cap with FEDBENCH_MAX_DECODE_BYTES)"
+        )
+
+
+def _check_shape_size(shape: tuple[int, ...]) -> int:
+    """The product of the non-zero dims; ValueError past MAX_NUMEL (any shape, 0-size too)."""
+    nonzero = math.prod(s for s in shape if s)
+    if nonzero > MAX_NUMEL:
+        raise ValueError(
+            f"shape {shape} claims {nonzero} values in its non-zero dimensions; at most "
+            f"{MAX_NUMEL} per message"
+        )
+    return nonzero
+
 
 def dtype_code(dtype: torch.dtype) -> int:
     try:
@@ -75,6 +142,9 @@ def write_header(codec: int, dtype: torch.dtype, shape: tuple[int, ...] | torch.
         raise ValueError(f"tensor has {len(shape)} dimensions; at most {MAX_NDIM} are supported")
     if math.prod(shape) > MAX_NUMEL:
         raise ValueError(f"tensor has {math.prod(shape)} values; at most {MAX_NUMEL} per message")
+    if any(s > _MAX_DIM for s in shape):
+        raise ValueError(f"invalid shape {shape}: a dimension exceeds {_MAX_DIM}")
+    _check_shape_size(shape)
     return _HEADER.pack(MAGIC, FORMAT_VERSION, codec, dtype_code(dtype), len(shape)) + struct.pack(
         f"<{len(shape)}I", *shape
     )
@@ -155,72 +225,24 @@ class Reader:
             raise ValueError(f"corrupt {self.what}: unknown dtype code {dcode}")
         if ndim > MAX_NDIM:
             raise ValueError(f"corrupt {self.what}: ndim {ndim} > {MAX_NDIM}")
-        shape = self.unpack(f"{ndim}I", "shape") if ndim else ()
-        numel = math.prod(shape)
-        if numel > min(MAX_NUMEL, MAX_DECODE_NUMEL):
+        shape = tuple(self.unpack(f"{ndim}I", "shape")) if ndim else ()
+        try:
+            nonzero = _check_shape_size(shape)
+        except ValueError as e:
+            raise ValueError(f"corrupt {self.what}: {e}") from None
+        dtype = DTYPES[dcode]
+        # Checked on the non-zero dims, so (0, 2**31) fails here too, not in a reshape.
+        if nonzero * dtype.itemsize > MAX_DECODE_BYTES:
             raise ValueError(
-                f"corrupt {self.what}: shape {shape} claims {numel} values, more than this "
-                f"decoder allocates ({min(MAX_NUMEL, MAX_DECODE_NUMEL)}; raise it with "
-                "FEDBENCH_MAX_DECODE_NUMEL)"
+                f"corrupt {self.what}: shape {shape} claims {nonzero} {dtype} values, more "
+                f"than the decode cap of {MAX_DECODE_BYTES} bytes (raise the cap with "
+                "FEDBENCH_MAX_DECODE_BYTES)"
             )
-        return Header(codec=codec, dtype=DTYPES[dcode], shape=tuple(shape))
+        return Header(codec=codec, dtype=dtype, shape=shape)
 
     def expect_end(self) -> None:
         if self.remaining:
             raise ValueError(f"corrupt {self.what}: {self.remaining} unexpected trailing bytes")
-
-
-def packed_size(n: int, bits: int) -> int:
-    """Bytes that ``n`` codes of ``bits`` bits occupy once packed."""
-    return (n * bits + 7) // 8
-
-
-def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack integer codes in [0, 2**bits) along the last dim, LSB first.
-
-    codes: (..., n) any integer dtype  ->  (..., packed_size(n, bits)) uint8.
-    Widths 1..8 are packed densely (8 codes -> ``bits`` bytes), 16 as little-endian pairs.
-    """
-    if bits == 8:
-        return codes.to(torch.uint8)
-    if bits == 16:
-        c = codes.to(torch.int32)
-        return torch.stack([c & 0xFF, c >> 8], dim=-1).to(torch.uint8).flatten(-2)
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8 or 16, got {bits}")
-    *lead, n = codes.shape
-    pad = (-n) % 8
-    c = codes.to(torch.int64)
-    if pad:
-        c = torch.nn.functional.pad(c, (0, pad))
-    c = c.reshape(*lead, -1, 8)
-    shifts = torch.arange(0, 8 * bits, bits, device=c.device, dtype=torch.int64)
-    word = (c << shifts).sum(-1, keepdim=True)  # (..., groups, 1): 8*bits <= 56 bits used
-    byte_shifts = torch.arange(0, 8 * bits, 8, device=c.device, dtype=torch.int64)
-    out = ((word >> byte_shifts) & 0xFF).to(torch.uint8).reshape(*lead, -1)
-    return out[..., : packed_size(n, bits)]
-
-
-def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: (..., packed_size(n, bits)) uint8 -> (..., n) int64."""
-    if bits == 8:
-        return packed[..., :n].to(torch.int64)
-    if bits == 16:
-        p = packed.to(torch.int64).reshape(*packed.shape[:-1], -1, 2)
-        return (p[..., 0] | (p[..., 1] << 8))[..., :n]
-    if not 1 <= bits <= 8:
-        raise ValueError(f"bits must be in 1..8 or 16, got {bits}")
-    *lead, nbytes = packed.shape
-    groups = (n + 7) // 8
-    p = packed.to(torch.int64)
-    if groups * bits > nbytes:
-        p = torch.nn.functional.pad(p, (0, groups * bits - nbytes))
-    p = p.reshape(*lead, groups, bits)
-    byte_shifts = torch.arange(0, 8 * bits, 8, device=p.device, dtype=torch.int64)
-    word = (p << byte_shifts).sum(-1, keepdim=True)
-    shifts = torch.arange(0, 8 * bits, bits, device=p.device, dtype=torch.int64)
-    codes = (word >> shifts) & ((1 << bits) - 1)
-    return codes.reshape(*lead, groups * 8)[..., :n]
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
@@ -229,18 +251,3 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     if t.dtype == torch.bfloat16:
         t = t.view(torch.int16)
     return t.numpy().tobytes()
-
-
-def all_finite(x: torch.Tensor) -> bool:
-    """True if ``x`` has no NaN or inf: one min/max reduction, no mask of x's size."""
-    if not x.is_floating_point() or x.numel() == 0:
-        return True
-    lo, hi = torch.aminmax(x)
-    return bool(torch.isfinite(lo) & torch.isfinite(hi))
-
-
-def require_finite(x: torch.Tensor, what: str = "input") -> None:
-    """Raise ValueError if ``x`` holds NaN or inf: they must never be encoded silently."""
-    if not all_finite(x):
-        bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{what} holds {bad} non-finite value(s) (NaN or inf); refusing to encode")

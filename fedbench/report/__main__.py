@@ -30,4 +30,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:  # one line, not a traceback; the report was not written
+        sys.stderr.write("\ninterrupted\n")
+        raise SystemExit(130) from None

@@ -34,6 +34,7 @@ import torch
 
 from fedbench.compress import from_config as codec_from_config
 from fedbench.sim import seeding
+from fedbench.sim.uplink import Encode, Metrics, Sent
 
 KNOBS = ("ratio", "bits", "rank", "levels")  # the first one the compressor config sets
 # Default candidates per knob, finest (most bytes) first.
@@ -97,8 +98,9 @@ class AdaptiveState:
 class Adaptive:
     """Per-client codec settings under an upload-time budget (see the module docstring).
 
-    Stands in for the run's uplink codec: the engine asks it for per-client states
-    (:meth:`init_state`) and routes every uplink through :meth:`encode`.
+    The run's uplink codec stage: the engine asks it for per-client states
+    (:meth:`init_state`), and its :meth:`uplink` hook replaces the single codec's stage
+    (it encodes with the setting's own codec, so the ``encode`` it wraps is not called).
     """
 
     name = "adaptive"
@@ -163,18 +165,19 @@ class Adaptive:
             st.inner[j] = self.codecs[j].init_state(st.shape, device=st.device)
         return st.inner[j]
 
-    def encode(
+    def uplink(
         self,
+        *,
         ids: np.ndarray,
         deltas: list[torch.Tensor],
         states: list[list[AdaptiveState]],
         round_: int,
-        extras: dict[str, Any],
-    ) -> tuple[np.ndarray, list[torch.Tensor], float, float]:
-        """Encode row i of every tensor of ``deltas`` ((C, *shape) each) with client
-        ``ids[i]``'s setting; same return as ``Simulation.uplink``. Updates ``states``
-        (residuals, per-setting codec states) and adds ``adaptive_choices`` and
-        ``adaptive_over_budget`` to ``extras``."""
+        encode: Encode | None = None,
+    ) -> tuple[Sent, Metrics]:
+        """The uplink hook (``fedbench.sim.uplink``): encode row i of every tensor of
+        ``deltas`` ((C, *shape) each) with client ``ids[i]``'s setting. Updates
+        ``states`` (residuals, per-setting codec states). Metrics: ``adaptive_choices``
+        (setting -> clients) and ``adaptive_over_budget``."""
         dev = deltas[0].device
         choice = self.choose(ids)
         msg_bytes = np.zeros(len(ids), dtype=np.int64)
@@ -232,16 +235,16 @@ class Adaptive:
                     new_residual = group_x[k][sel] - group_dec[k][sel]
                     for n, i in enumerate(rows[ok]):
                         states[i][k].residual = new_residual[n]
-        counts = extras.setdefault("adaptive_choices", {})
+        counts: dict[str, int] = {}
         for j, n in zip(*np.unique(choice, return_counts=True), strict=True):
             key = str(self.values[int(j)])
             counts[key] = counts.get(key, 0) + int(n)
         over = self.upload_seconds(ids, msg_bytes) > self.budget_s
-        extras["adaptive_over_budget"] = extras.get("adaptive_over_budget", 0) + int(over.sum())
-        return msg_bytes, decoded, enc_s, dec_s
+        metrics = {"adaptive_choices": counts, "adaptive_over_budget": int(over.sum())}
+        return Sent(msg_bytes, decoded, enc_s, dec_s), metrics
 
 
-def from_config(cfg: Mapping[str, Any], sim: Any) -> Adaptive | None:
+def from_config(cfg: Mapping[str, Any], sim: Any) -> Adaptive | None:  # sim: a Federation
     """The run's :class:`Adaptive` (None when ``upload_budget_s`` is null)."""
     if cfg.get("upload_budget_s") is None:
         return None

@@ -2,10 +2,11 @@
 
 The cohort's models are stacked, (clients, *shape) per parameter, and every local SGD
 step trains all of them at once: one gather builds every client's minibatch, the
-model's batched forward is a handful of batched GEMMs, and the gradients come from the
-model's hand-written batched backward (the MLP: five batched GEMMs) or, for other
-models, from autograd of the summed per-client losses (clients share no parameters, so
-each gets its own gradient). Clients with fewer samples are masked, not looped: a
+model runs over the stacked parameters, and the gradients come from a hand-written
+batched backward registered for the model's class (``models.fast``; the MLP: five
+batched GEMMs) or, for any other ``nn.Module``, from ``torch.func``:
+``vmap(grad(loss))`` over the chunk, or client by client where ``vmap`` cannot batch
+the module (``models.batched``). Clients with fewer samples are masked, not looped: a
 padded sample weighs zero in its client's loss, and a client with no batch left in
 this epoch is left out of the step, so it keeps its parameters and momentum bitwise.
 
@@ -27,9 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fedbench.sim import seeding
-from fedbench.sim.models import ModelSpec
+from fedbench.sim.models import ModelSpec, batched
 
 # Dropout bits are drawn for several local steps at once, about this many bytes at a time:
 # larger => fewer kernel launches (what small cohorts pay for), more memory.
@@ -81,8 +83,17 @@ def _schedule(n: np.ndarray, opt: LocalSGD):
                     yield np.full_like(n, a), np.full_like(n, b), a * spe + b, active
 
 
+def as_spec(model: ModelSpec | nn.Module) -> ModelSpec:
+    """``model`` itself, or the spec of a bare ``nn.Module`` (checked, no dry run)."""
+    if isinstance(model, ModelSpec):
+        return model
+    spec = ModelSpec(model)
+    spec.check()
+    return spec
+
+
 def train(
-    spec: ModelSpec,
+    spec: ModelSpec | nn.Module,
     start: list[torch.Tensor],
     X: torch.Tensor,
     y: torch.Tensor,
@@ -92,11 +103,32 @@ def train(
     """Train every client of ``cohort`` from the global model ``start`` (list of *shape).
 
     X (N, features), y (N,) the whole training set on the compute device. Client i's
-    result does not depend on the other clients of the cohort.
+    result does not depend on the other clients of the cohort (randomness a user's
+    module draws itself excepted: see ``models.spec``).
 
     Per-step bookkeeping (who is active, where each batch starts, whether it is full)
     lives on the host in numpy; the device sees only the step's tensors.
     """
+    spec = as_spec(spec)
+    spec.check_params(start, "the global model")
+    if spec.fast is not None:
+        return _train(spec, start, X, y, cohort, opt)
+    # A user's module that draws its own randomness reads torch's global generator:
+    # seed it from the chunk's first client, and leave the caller's state untouched.
+    devices = [X.device] if X.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(cohort.dropout_keys[0]) & 0x7FFFFFFF)
+        return _train(spec, start, X, y, cohort, opt)
+
+
+def _train(
+    spec: ModelSpec,
+    start: list[torch.Tensor],
+    X: torch.Tensor,
+    y: torch.Tensor,
+    cohort: Cohort,
+    opt: LocalSGD,
+) -> LocalResult:
     C, width = cohort.index.shape
     dev = X.device
     B = opt.batch_size
@@ -209,13 +241,18 @@ def _sgd_step(
     xb (c, B, features), yb (c, B); weight (c, B) and count (c,) when some batches are
     partial (padding weighs zero), else None; mask (c, B, units) dropout or None.
     """
-    c, B = yb.shape
-    if not spec.hand_backward:  # autograd of the summed per-client losses
-        leaves = [p.detach().requires_grad_() for p in params]
-        logits = spec.forward(leaves, xb, mask)
-        ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(c, B)
-        loss = ce.mean(1) if weight is None else (ce * weight).sum(1) / count
-        grads = list(torch.autograd.grad(loss.sum(), leaves))
+    B = yb.shape[1]
+    if not spec.hand_backward:
+        if spec.fast is None:  # torch.func over the stacked parameters (models.batched)
+            grads, loss = batched.loss_and_grads(spec, params, xb, yb, weight, count, mask)
+        else:  # a registered batched forward; autograd of the summed per-client losses
+            c = yb.shape[0]
+            leaves = [p.detach().requires_grad_() for p in params]
+            logits = spec.fast.forward(leaves, xb, mask)
+            ce = F.cross_entropy(logits.flatten(0, 1), yb.flatten(), reduction="none").view(c, B)
+            loss = ce.mean(1) if weight is None else (ce * weight).sum(1) / count
+            grads = list(torch.autograd.grad(loss.sum(), leaves))
+            loss = loss.detach()
         with torch.no_grad():
             if opt.weight_decay:
                 torch._foreach_add_(grads, params, alpha=opt.weight_decay)
@@ -224,10 +261,10 @@ def _sgd_step(
                 torch._foreach_add_(bufs, grads)
                 grads = bufs
             torch._foreach_add_(params, grads, alpha=-opt.lr)
-        return loss.detach()
+        return loss
 
     with torch.no_grad():
-        logits, saved = spec.forward_train(params, xb, mask)
+        logits, saved = spec.fast.forward_train(params, xb, mask)
         logp = torch.log_softmax(logits, 2)
         target = yb.unsqueeze(2)
         logp_y = logp.gather(2, target)  # (c, B, 1)
@@ -241,11 +278,11 @@ def _sgd_step(
             loss = (ce * weight).sum(1) / count
             dlogits.mul_((weight / count.unsqueeze(1)).unsqueeze(2))
         if bufs is not None:  # buf = momentum * buf + grad, fused into the GEMMs
-            spec.backward_into(params, saved, mask, dlogits, bufs, opt.momentum)
+            spec.fast.backward_into(params, saved, mask, dlogits, bufs, opt.momentum)
             d = bufs
         else:
             d = [torch.empty_like(p) for p in params]
-            spec.backward_into(params, saved, mask, dlogits, d, 0.0)
+            spec.fast.backward_into(params, saved, mask, dlogits, d, 0.0)
         if opt.weight_decay:  # d = grad + wd * p, inside the momentum sum
             torch._foreach_add_(d, params, alpha=opt.weight_decay)
         torch._foreach_add_(params, d, alpha=-opt.lr)

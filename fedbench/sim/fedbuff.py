@@ -40,6 +40,8 @@ import numpy as np
 import torch
 
 from fedbench.sim import seeding
+from fedbench.sim.scheduler import Federation, user_scheduler
+from fedbench.sim.uplink import merge
 
 MODES = ("sync", "fedbuff")
 MAX_EMPTY_LAUNCHES = 10_000  # launches that found no available client, in a row
@@ -54,8 +56,14 @@ def _opt_int(cfg: Mapping[str, Any], key: str) -> None:
 def validate(cfg: Mapping[str, Any]) -> None:
     """Check ``aggregation``, ``async_concurrency``, ``async_buffer_size``."""
     mode = cfg.get("aggregation", "sync")
-    if mode not in MODES:
-        raise ValueError(f"aggregation={mode!r} is invalid: must be one of {', '.join(MODES)}")
+    if isinstance(mode, Mapping):  # a user's scheduler: its class and keywords
+        user_scheduler(mode)
+        mode = "user"
+    elif mode not in MODES:
+        raise ValueError(
+            f"aggregation={mode!r} is invalid: must be one of {', '.join(MODES)} or "
+            "{_target_: pkg.Scheduler, ...}"
+        )
     _opt_int(cfg, "async_concurrency")
     _opt_int(cfg, "async_buffer_size")
     if mode == "fedbuff" and (cfg.get("network") or {}).get("deadline") is not None:
@@ -80,7 +88,7 @@ class Arrival:
 class FedBuff:
     """The asynchronous server; :meth:`round` runs until the next server step."""
 
-    def __init__(self, sim: Any) -> None:
+    def __init__(self, sim: Federation) -> None:
         cfg = sim.cfg
         self.sim = sim
         # at most every client at once: a client trains one update at a time
@@ -97,8 +105,9 @@ class FedBuff:
 
     def _counters(self) -> None:
         self.down_bytes = self.up_bytes = self.dense_bytes = self.unavailable = 0
+        self.dense_down_bytes = 0
         self.enc_s = self.dec_s = self.down_s = 0.0
-        self.sim.extras = {}
+        self.metrics: dict[str, Any] = {}  # the uplink stages' metrics since the last step
 
     def _launch(self) -> None:
         """Start clients in every free slot, all from the current global model."""
@@ -117,19 +126,24 @@ class FedBuff:
         if not len(clients):
             return
         clients = clients[np.argsort(sim.sizes[clients], kind="stable")]
-        start, down_bytes, down_s = sim._broadcast(launch)
-        self.down_bytes += down_bytes * len(clients)
+        start, down_bytes, down_s = sim.broadcast(clients, launch)
+        self.down_bytes += int(down_bytes.sum())
+        self.dense_down_bytes += sim.dense_bytes * len(clients)
         self.down_s += down_s
-        chunk = int(sim.cfg["cohort_chunk"])
+        chunk = sim.chunk_size(len(clients))
         for lo in range(0, len(clients), chunk):
             ids = clients[lo : lo + chunk]
             res, deltas = sim.train_cohort(ids, start, launch, what="launch")
             states = [sim.states(int(c)) for c in ids]
-            msg_bytes, decoded, t_enc, t_dec = sim.uplink(ids, deltas, states, launch)
-            self.enc_s += t_enc
-            self.dec_s += t_dec
+            sent, stage_metrics = sim.uplink(ids, deltas, states, launch)
+            merge(self.metrics, stage_metrics)
+            msg_bytes, decoded = sent.nbytes, sent.payload
+            self.enc_s += sent.encode_seconds
+            self.dec_s += sent.decode_seconds
             samples = res.samples.cpu().numpy()
-            seconds = sim.network.client_seconds(ids, down_bytes, msg_bytes, samples)
+            seconds = sim.network.client_seconds(
+                ids, down_bytes[lo : lo + chunk], msg_bytes, samples
+            )
             losses = res.loss.cpu().tolist()
             for i, c in enumerate(ids):
                 a = Arrival(
@@ -176,22 +190,17 @@ class FedBuff:
                 return self._step(round_, t_wall)
 
     def _step(self, round_: int, t_wall: float) -> dict[str, Any]:
-        sim, cfg = self.sim, self.sim.cfg
+        sim = self.sim
         stale = np.array([self.version - a.version for a in self.buffer], dtype=np.float64)
         n = np.array([a.samples for a in self.buffer], dtype=np.float64)
         w = torch.tensor(n / np.sqrt(1.0 + stale) / n.sum(), dtype=sim.params[0].dtype)
         w = w.to(sim.device)
         with torch.no_grad():
-            for k, p in enumerate(sim.params):
-                step = torch.tensordot(w, torch.stack([a.update[k] for a in self.buffer]), dims=1)
-                if sim.server_buf is not None:
-                    sim.server_buf[k].mul_(cfg["server_momentum"]).add_(step)
-                    step = sim.server_buf[k]
-                p.add_(step, alpha=float(cfg["server_lr"]))
-        if not all(bool(torch.isfinite(p).all()) for p in sim.params):
-            from fedbench.sim.engine import Diverged
-
-            raise Diverged(f"server step {round_}: the global model became non-finite")
+            steps = [
+                torch.tensordot(w, torch.stack([a.update[k] for a in self.buffer]), dims=1)
+                for k in range(len(sim.params))
+            ]
+        sim.server_step(steps, f"server step {round_}")
         self.version += 1
         row = {
             "round": round_,
@@ -199,6 +208,7 @@ class FedBuff:
             "uplink_bytes": self.up_bytes,
             "downlink_bytes": self.down_bytes,
             "dense_uplink_bytes": self.dense_bytes,
+            "dense_downlink_bytes": self.dense_down_bytes,
             "encode_seconds": self.enc_s,
             "decode_seconds": self.dec_s,
             "downlink_codec_seconds": self.down_s,
@@ -209,7 +219,7 @@ class FedBuff:
             "staleness_mean": float(stale.mean()),
             "staleness_max": int(stale.max()),
             "in_flight": len(self.heap) + len(self.arrived),
-            **sim.extras,
+            **self.metrics,
             "_t_round": t_wall,
         }
         self.last_step = self.now

@@ -20,13 +20,13 @@ with a network ``deadline`` (a late upload would have to be put back into the ho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-Encode = Callable[..., tuple[np.ndarray, list[torch.Tensor], float, float]]
+from fedbench.sim.uplink import Encode, Metrics, Sent
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
@@ -88,31 +88,35 @@ class Lazy:
 
     def uplink(
         self,
+        *,
         ids: np.ndarray,
         deltas: list[torch.Tensor],
         states: list[list[Any]],
         round_: int,
         encode: Encode,
-        extras: dict[str, Any],
-    ) -> tuple[np.ndarray, list[torch.Tensor], float, float]:
-        """Lazy version of ``Simulation.uplink``: only senders go through ``encode``.
+    ) -> tuple[Sent, Metrics]:
+        """The uplink hook (``fedbench.sim.uplink``): only senders go through ``encode``.
 
         Skipped clients get zero bytes and a zero decoded update; their codec state
-        (e.g. error-feedback residual) is untouched. Adds ``uploads_skipped`` to
-        ``extras`` (summed over the round's chunks).
+        (e.g. error-feedback residual) is untouched. Metrics: ``uploads_skipped``.
         """
         acc, send = self.select(ids, deltas)
         msg_bytes = np.zeros(len(ids), dtype=np.int64)
         decoded = [torch.zeros_like(a) for a in acc]
         enc_s = dec_s = 0.0
+        metrics: Metrics = {}
         rows = np.flatnonzero(send)
         if len(rows):
             idx = torch.from_numpy(rows).to(acc[0].device)
-            sub_bytes, sub_dec, enc_s, dec_s = encode(
-                ids[rows], [a[idx] for a in acc], [states[i] for i in rows], round_
+            sub, metrics = encode(
+                ids=ids[rows],
+                deltas=[a[idx] for a in acc],
+                states=[states[i] for i in rows],
+                round_=round_,
             )
-            msg_bytes[rows] = sub_bytes
-            for full, part in zip(decoded, sub_dec, strict=True):
+            msg_bytes[rows] = sub.nbytes
+            enc_s, dec_s = sub.encode_seconds, sub.decode_seconds
+            for full, part in zip(decoded, sub.payload, strict=True):
                 full[idx] = part
-        extras["uploads_skipped"] = extras.get("uploads_skipped", 0) + int((~send).sum())
-        return msg_bytes, decoded, enc_s, dec_s
+        metrics = {**metrics, "uploads_skipped": int((~send).sum())}
+        return Sent(msg_bytes, decoded, enc_s, dec_s), metrics

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedbench import registry
 from fedbench.sim import seeding
 
 KEYS = (
@@ -36,8 +37,29 @@ def _num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def from_config(cfg: Mapping[str, Any], num_clients: int, seed: int) -> Network:
+    """The network model a ``conf/network`` group names (``_target_``: :class:`Network` or
+    a user's subclass; the built-in when absent), with its keyword arguments."""
+    kwargs = dict(cfg)
+    cls = network_class(kwargs.pop("_target_", None))
+    registry.keywords("network", cls, kwargs, provided=("num_clients", "seed"))
+    return cls(num_clients=num_clients, seed=seed, **kwargs)
+
+
+def network_class(target: Any) -> type[Network]:
+    """``network._target_``'s class: a :class:`Network` subclass (checked, not called)."""
+    if target is None:
+        return Network
+    return registry.locate("network._target_", target, "a fedbench.sim.network.Network", Network)
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
-    """Check a ``conf/network`` group; ValueError naming the key and what is allowed."""
+    """Check a ``conf/network`` group's values (and, with a ``_target_``, its keys);
+    ValueError naming the key and what is allowed."""
+    if "_target_" in cfg:
+        kwargs = dict(cfg)
+        cls = network_class(kwargs.pop("_target_"))
+        registry.keywords("network", cls, kwargs, provided=("num_clients", "seed"))
     for key in ("downlink_bps", "uplink_bps", "compute_sps", "deadline"):
         v = cfg.get(key)
         if v is not None and not (_num(v) and v > 0):
@@ -57,26 +79,47 @@ def validate(cfg: Mapping[str, Any]) -> None:
 class Network:
     """Per-client link and compute speeds, fixed by the seed for the whole run."""
 
-    def __init__(self, cfg: Mapping[str, Any], num_clients: int, seed: int) -> None:
-        validate(cfg)
-        self.name = cfg.get("name", "custom")
-        self.latency = float(cfg.get("latency_s", 0.0))
-        self.availability = float(cfg.get("availability", 1.0))
-        self.deadline = None if cfg.get("deadline") is None else float(cfg["deadline"])
+    def __init__(
+        self,
+        *,
+        num_clients: int,
+        seed: int,
+        downlink_bps: float | None = None,
+        uplink_bps: float | None = None,
+        latency_s: float = 0.0,
+        compute_sps: float | None = None,
+        spread: float = 0.0,
+        availability: float = 1.0,
+        deadline: float | None = None,
+        name: str = "custom",
+    ) -> None:
+        validate(
+            {
+                "downlink_bps": downlink_bps,
+                "uplink_bps": uplink_bps,
+                "latency_s": latency_s,
+                "compute_sps": compute_sps,
+                "spread": spread,
+                "availability": availability,
+                "deadline": deadline,
+            }
+        )
+        self.name = name
+        self.latency = float(latency_s)
+        self.availability = float(availability)
+        self.deadline = None if deadline is None else float(deadline)
         self.seed = seed
-        spread = float(cfg.get("spread", 0.0))
         z = np.random.default_rng(seeding.mix(seed, seeding.NETWORK)).standard_normal(
             (num_clients, 3)
         )
-        factor = np.exp(spread * z)  # (clients, 3): downlink, uplink, compute
+        factor = np.exp(float(spread) * z)  # (clients, 3): downlink, uplink, compute
 
-        def speeds(key: str, col: int) -> np.ndarray | None:
-            v = cfg.get(key)
+        def speeds(v: float | None, col: int) -> np.ndarray | None:
             return None if v is None else float(v) * factor[:, col]
 
-        self.downlink_bps = speeds("downlink_bps", 0)
-        self.uplink_bps = speeds("uplink_bps", 1)
-        self.compute_sps = speeds("compute_sps", 2)
+        self.downlink_bps = speeds(downlink_bps, 0)
+        self.uplink_bps = speeds(uplink_bps, 1)
+        self.compute_sps = speeds(compute_sps, 2)
 
     def available(self, clients: np.ndarray, round_: int) -> np.ndarray:
         """Which of ``clients`` answer this round (bool, one per client)."""

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedbench.compress import ErrorFeedback, available, build, quant, wire
+from fedbench.compress import ErrorFeedback, available, buckets, build, wire
 
 NAMES = available()
 SHAPES = [(), (1,), (7,), (13,), (1001,), (3, 5, 7)]
@@ -78,7 +78,7 @@ def test_batch_agrees_with_single_bit_for_bit(name, shape):
 @pytest.mark.parametrize("name", NAMES)
 def test_large_batch_agrees_with_single(name, monkeypatch):
     """Past the sizes where reductions split across threads or codecs work in chunks."""
-    monkeypatch.setattr(quant, "CHUNK", 4099)  # many chunks, none aligned to a bucket
+    monkeypatch.setattr(buckets, "CHUNK", 4099)  # many chunks, none aligned to a bucket
     c = raw(name)
     x = torch.stack([sample((70_001,), seed=i) for i in range(2)])
     msgs, decoded = c.compress_batch(x, gens(2), states(c, 2, (70_001,)))

@@ -2,21 +2,13 @@ import math
 import struct
 import time
 
-import numpy as np
 import pytest
 import torch
 
-from fedbench.compress import build, wire
-from fedbench.compress import quant as quant_module
-from fedbench.compress.quant import (
-    QUANT_BITS,
-    Quant,
-    noise16,
-    pack_codes,
-    row_abs_sum,
-    stochastic_floor_,
-    unpack_codes,
-)
+from fedbench.compress import buckets, build, wire
+from fedbench.compress.buckets import row_abs_sum
+from fedbench.compress.quant import QUANT_BITS, Quant
+from fedbench.compress.rounding import noise16, stochastic_floor_
 
 
 def gens(n, offset=0):
@@ -154,16 +146,6 @@ def test_decode_batch_rejects_mixed_settings():
         Quant().decode_batch([])
 
 
-@pytest.mark.parametrize("bits", QUANT_BITS)
-@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 13, 1001])
-def test_pack_codes_matches_wire_layout_and_inverts(bits, n):
-    codes = torch.randint(0, 2**bits, (3, n), generator=torch.Generator().manual_seed(n))
-    packed = pack_codes(codes, bits)
-    np.testing.assert_array_equal(packed, wire.pack_bits(codes, bits).numpy())
-    assert packed.shape == (3, wire.packed_size(n, bits))
-    torch.testing.assert_close(unpack_codes(packed, bits, n).long(), codes, rtol=0, atol=0)
-
-
 def test_noise16_rows_depend_only_on_their_generator():
     a = noise16(11, gens(3), None)
     assert a.dtype == torch.int16 and a.shape == (3, 11)
@@ -202,7 +184,7 @@ def test_row_abs_sum_does_not_depend_on_the_batch():
      ("terngrad", {"bucket_size": 100})],
 )  # fmt: skip
 def test_chunked_paths_agree_between_batch_and_single(name, params, monkeypatch):
-    monkeypatch.setattr(quant_module, "CHUNK", 1000)
+    monkeypatch.setattr(buckets, "CHUNK", 1000)
     c = build(name, **params)
     x = torch.randn(3, 12_345, generator=torch.Generator().manual_seed(0)).half()
     msgs, decoded = c.compress_batch(x, gens(3))

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from fedbench.compress import build, positions, wire
-from fedbench.compress.sparse import RandK, TopK, kept, resolve_k, sample_positions, select_topk
+from fedbench.compress.selection import resolve_k, sample_positions, select_topk
+from fedbench.compress.sparse import RandK, TopK, kept
 
 
 def gen(seed: int) -> torch.Generator:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedbench.compress import positions, wire
-from fedbench.compress.sparse import resolve_k, select_topk
+from fedbench.compress.selection import resolve_k, select_topk
 from fedbench.compress.stc import STC, golomb_decode, golomb_encode, rice_parameter
 
 

@@ -32,9 +32,8 @@ def _encode(sim: Simulation) -> tuple[np.ndarray, dict, list, list]:
     gen = torch.Generator().manual_seed(0)
     deltas = [torch.randn((60, *p.shape), generator=gen) * 0.01 for p in sim.params]
     states = [sim.states(int(c)) for c in ids]
-    extras: dict = {}
-    nbytes, decoded, _, _ = sim.adaptive.encode(ids, deltas, states, 1, extras)
-    return sim.network.upload_seconds(ids, nbytes), extras, deltas, decoded
+    sent, metrics = sim.adaptive.uplink(ids=ids, deltas=deltas, states=states, round_=1)
+    return sim.network.upload_seconds(ids, sent.nbytes), metrics, deltas, sent.payload
 
 
 @pytest.mark.parametrize(("codec", "choices"), FAMILIES, ids=[f for f, _ in FAMILIES])

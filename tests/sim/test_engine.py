@@ -108,8 +108,8 @@ def test_cohort_equals_loop_with_dropout(make_cfg, extra) -> None:
         assert ra["uplink_bytes"] == rb["uplink_bytes"]
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-5)
         sims["loop"].params = [p.clone() for p in sims["cohort"].params]
-        if sims["cohort"].server_buf is not None:
-            sims["loop"].server_buf = [b.clone() for b in sims["cohort"].server_buf]
+        if sims["cohort"].server.buffers is not None:
+            sims["loop"].server.buffers = [b.clone() for b in sims["cohort"].server.buffers]
     init = Simulation(make_cfg(*extra)).params
     assert all(not torch.equal(a, b) for a, b in zip(init, sims["cohort"].params, strict=True))
 
@@ -183,11 +183,13 @@ def test_bytes_are_message_lengths_and_the_server_decodes_them(make_cfg) -> None
 
 def test_compression_ratio_from_totals(make_cfg) -> None:
     rows: list[dict] = []
-    s = run(make_cfg("compressor=fp16", "downlink=bf16", "rounds=2"), on_round=rows.append)
-    dense = Simulation(make_cfg()).dense_bytes * 4 * 2
+    every = "clients_per_round=6"  # all 6 clients every round: up to date from round 2
+    s = run(make_cfg("compressor=fp16", "downlink=bf16", "rounds=2", every), on_round=rows.append)
+    dense = Simulation(make_cfg()).dense_bytes * 6 * 2
     assert s["compression_ratio"] == pytest.approx(dense / s["uplink_bytes"])
     assert 1.9 < s["compression_ratio"] < 2.0  # headers are not halved
-    assert rows[0]["downlink_bytes"] < dense / 2 / 1.9
+    assert rows[0]["downlink_bytes"] == dense / 2  # new clients receive the dense model
+    assert rows[1]["downlink_bytes"] < dense / 2 / 1.9  # then bf16 changes
 
 
 def test_divergence_is_recorded_not_raised(make_cfg) -> None:

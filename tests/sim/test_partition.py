@@ -58,11 +58,14 @@ def test_too_many_clients_is_a_clear_error(digits: data.Dataset) -> None:
 
 
 def test_natural_needs_synthetic_and_bad_knobs_are_named(digits: data.Dataset) -> None:
-    with pytest.raises(ValueError, match=r"partition=natural is invalid for dataset=digits"):
+    with pytest.raises(
+        ValueError,
+        match=r"^partition=natural is invalid for dataset=digits: the data has no clients",
+    ):
         partition.partition(digits, 10, {"name": "natural"}, seed=0)
     with pytest.raises(ValueError, match=r"partition.alpha=0"):
         partition.validate({"name": "dirichlet", "alpha": 0})
     with pytest.raises(ValueError, match=r"partition.shards_per_client=0"):
         partition.validate({"name": "shards", "shards_per_client": 0})
-    with pytest.raises(ValueError, match=r"partition.name='foo'"):
+    with pytest.raises(ValueError, match=r"partition.name='foo' names no shipped partition"):
         partition.validate({"name": "foo"})
