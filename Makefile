@@ -51,11 +51,15 @@ bench-baseline: $(STAMP)
 	$(PY) benchmarks/gate.py update --repeat 3
 
 # The committed reports (reports/*): run the presets, then rebuild each report in place.
+# About 10 minutes for the first four, ~25 for shakespeare (two cells at a time), ~4 for
+# the codec leaderboard, on 2 cores.
+REPORTS ?= tutorial tradeoff clients edge shakespeare
 reports: $(STAMP)
-	$(PY) -m fedbench -m +experiment=tutorial hydra.sweep.dir=multirun/tutorial/committed
-	$(PY) -m fedbench.report multirun/tutorial/committed --out reports/tutorial
-	$(PY) -m fedbench -m +experiment=tradeoff hydra.sweep.dir=multirun/tradeoff/committed
-	$(PY) -m fedbench.report multirun/tradeoff/committed --out reports/tradeoff
+	for r in $(REPORTS); do \
+	  $(PY) -m fedbench -m +experiment=$$r hydra/launcher=parallel hydra.sweep.dir=multirun/$$r/committed || exit 1; \
+	  $(PY) -m fedbench.report multirun/$$r/committed --out reports/$$r || exit 1; \
+	done
+	$(PY) benchmarks/dme.py --out reports/codecs
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

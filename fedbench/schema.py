@@ -73,7 +73,7 @@ __all__ = [
 GROUPS = ("compressor", "dataset", "partition", "model", "network")
 # Output, store and launcher settings: they change where results go, never the numbers.
 NOT_IDENTITY_KEYS = (
-    "store_dir", "force", "baseline", "hydra", "max_memory_gb", "cohort_memory_mb",
+    "store_dir", "force", "baseline", "hydra", "max_memory_gb",
 )  # fmt: skip
 
 # The dense baseline of any run (accuracy impact is measured against it): these settings,

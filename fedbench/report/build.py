@@ -67,6 +67,7 @@ def build_report(
         doc.para(f"No run folders found under {sources}.")
         return _write(doc, out, runs, None)
 
+    _remove_stale(out)
     ctx = Context(doc, df, runs, paths, out, figdir, bench, _settings(df, runs))
     for section in sections.SECTIONS:
         section(ctx)
@@ -76,6 +77,15 @@ def build_report(
 
 
 PATH_COLUMNS = ("run_dir", "dense_run", "run_dirs")
+
+
+def _remove_stale(out: Path) -> None:
+    """Delete what an earlier build of this report wrote and this one may not (a section
+    left out now: client scaling with one client count), so no stale table survives."""
+    stale = [*out.glob("table[0-9]*_*.csv"), out / "local_sgd.csv", out / "bench.csv"]
+    stale += [*(out / "figures").glob("*.png"), *(out / "figures").glob("*.svg")]
+    for f in stale:
+        f.unlink(missing_ok=True)
 
 
 def portable_paths(df: pd.DataFrame) -> pd.DataFrame:

@@ -225,3 +225,17 @@ def test_csv_paths_are_relative_to_the_working_directory(tmp_path, monkeypatch):
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert list(runs["run_dir"]) == ["sweep/0"]
     assert str(tmp_path) not in (tmp_path / "out" / "rounds.csv").read_text()
+
+
+def test_a_rebuild_leaves_no_stale_table_or_figure(tmp_path):
+    """A section left out now (client scaling: one client count here) leaves no CSV or
+    figure of an earlier build behind."""
+    write_run(tmp_path / "runs" / "a", "none", 10, 0)
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "table4_client_scaling.csv").write_text("stale\n")
+    (out / "figures" / "client_scaling.png").write_bytes(b"stale")
+    build_report([tmp_path / "runs"], out)
+    assert not (out / "table4_client_scaling.csv").exists()
+    assert not (out / "figures" / "client_scaling.png").exists()
+    assert (out / "table1_method_comparison.csv").is_file()
