@@ -53,8 +53,46 @@ ALIASES = {
 QUICK = {1: (2**10,), 10: (2**10,)}
 
 
+# Real updates: what n clients of a fedbench run send in one round (the flattened model
+# change after local training), for the tutorial's MLP on digits and the character LSTM on
+# Shakespeare (the CPU-sized preset). d is the model's size.
+REAL = {
+    "mlp_updates": ["num_clients=100", "clients_per_round=100", "local_epochs=1"],
+    "lstm_updates": [
+        "+experiment=shakespeare", "clients_per_round=100", "local_steps=5", "eval_every=1",
+    ],
+}  # fmt: skip
+_REAL_CACHE: dict[tuple[str, int], torch.Tensor] = {}
+
+
+def real_updates(kind: str, n: int, seed: int) -> torch.Tensor:
+    """(n, d) real client updates of round 2 of a short run (``REAL[kind]``, ``seed``)."""
+    key = (kind, seed)
+    if key not in _REAL_CACHE:
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+
+        from fedbench.configs import config_dir
+        from fedbench.sim.simulation import Simulation
+
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=[*REAL[kind], f"seed={seed}", "rounds=2"])
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+        cfg.pop("hydra", None)
+        sim = Simulation(cfg)
+        sim.round(1)  # past the first step, where every update is the same direction
+        ids = sim.sample(2)
+        start, _, _ = sim.broadcast(ids, 2)
+        _, deltas = sim.train_cohort(ids, start, 2)
+        _REAL_CACHE[key] = torch.cat([d.flatten(1) for d in deltas], 1).float()
+    return _REAL_CACHE[key][:n]
+
+
 def vectors(dist: str, n: int, d: int, seed: int) -> torch.Tensor:
-    """(n, d) client vectors: Gaussian, or log-normal (heavy tails) with random signs."""
+    """(n, d) client vectors: Gaussian, or log-normal (heavy tails) with random signs, or
+    real updates (``REAL``; d is then the model's size)."""
+    if dist in REAL:
+        return real_updates(dist, n, seed)
     g = torch.Generator().manual_seed(seed)
     if dist == "gaussian":
         return torch.randn(n, d, generator=g)
@@ -170,10 +208,10 @@ def run(out_dir: Path, quick: bool, seeds: int = 3, only: list[str] | None = Non
     if only:
         table = {k: v for k, v in table.items() if k in only}
     rows = []
-    dists = ("gaussian",) if quick else ("gaussian", "lognormal")
+    dists = ("gaussian",) if quick else ("gaussian", "lognormal", *REAL)
     for dist in dists:
         for n, dims in grid.items():
-            for d in dims:
+            for d in (0,) if dist in REAL else dims:  # real updates: the model's size
                 xs = [vectors(dist, n, d, s) for s in range(seeds)]
                 base = clone_seconds(xs[0])
                 for label, codec in table.items():
@@ -186,7 +224,7 @@ def run(out_dir: Path, quick: bool, seeds: int = 3, only: list[str] | None = Non
                         "strategy": codec.family,
                         "dist": dist,
                         "n": n,
-                        "d": d,
+                        "d": xs[0].shape[1],
                         "bits_per_coord": trials[0]["bits_per_coord"],
                         "nmse": statistics.fmean(nm),
                         "nmse_std": statistics.stdev(nm) if len(nm) > 1 else 0.0,

@@ -150,7 +150,8 @@ def test_table_reports_multiples_of_clone_and_gbps(tmp_path, capsys):
 @pytest.mark.slow
 def test_gate_catches_an_injected_2x_slowdown_in_a_real_pass(tmp_path, capsys):
     """Two real short passes of the fp16 kernels: a baseline, then one where encode runs
-    twice per round (``--bench-slowdown``). The gate must fail on exactly that kernel.
+    three times per round (``--bench-slowdown``; the repeats find their input in cache, so
+    three, not two, to be sure of 2x). The gate must fail on exactly that kernel.
     Every clone of the size runs too: the reference is their median, and one clone alone
     moved the ratios by 25% between passes here."""
     only_fp16 = ["--pytest-args=-k 'fp16 or clone' --bench-cohort=0"]
