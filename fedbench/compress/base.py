@@ -66,7 +66,7 @@ def finite_output(decode: Callable[..., torch.Tensor]) -> Callable[..., torch.Te
         if isinstance(out, torch.Tensor) and not all_finite(out):
             raise ValueError(
                 f"corrupt {self.name} message: it decodes to non-finite values (NaN or inf "
-                f"in {out.dtype}: a scale, factor or value too large for the dtype)"
+                f"in {out.dtype}: a scale, factor or value that overflows the dtype)"
             )
         return out
 
@@ -248,26 +248,19 @@ class EFState:
     inner: Any
 
 
-class ErrorFeedback(Compressor):
-    """Error feedback around any compressor (Karimireddy et al. 2019, Alg. 2; Seide 2014).
+class _Wrapper(Compressor):
+    """A codec around another one, ``inner``: family, bias and randomness are the inner
+    codec's, and decoding is the inner codec's, already finite-checked. ``prefix`` names
+    the wrapper in ``name`` (``ef-topk``). The wire id is the subclass's to declare: the
+    inner codec's (error feedback, EF21: their messages are the inner codec's) or a
+    table id of its own (entropy coding: a frame around the inner message)."""
 
-    The message encodes ``x + e`` and the residual becomes
-    ``e <- (x + e) - decode(encode(x + e))``, so what a biased compressor drops is sent
-    later instead of lost. The wire format is the inner codec's, unchanged.
-    """
-
-    def __init__(self, inner: Compressor) -> None:
-        if isinstance(inner, ErrorFeedback):
-            raise ValueError("error feedback is already applied; do not wrap twice")
-        self.inner = inner
+    prefix: ClassVar[str] = "wrapped"
+    inner: Compressor
 
     @property
     def name(self) -> str:  # type: ignore[override]
-        return f"ef-{self.inner.name}"
-
-    @property
-    def codec_id(self) -> int:  # type: ignore[override]
-        return self.inner.codec_id
+        return f"{self.prefix}-{self.inner.name}"
 
     @property
     def family(self) -> str:  # type: ignore[override]
@@ -280,6 +273,31 @@ class ErrorFeedback(Compressor):
     @property
     def randomised(self) -> bool:  # type: ignore[override]
         return self.inner.randomised
+
+    def decode_batch(self, msgs, device=None):
+        return self.inner.decode_batch(msgs, device)
+
+    decode_batch._finite_checked = True  # type: ignore[attr-defined]  # the inner codec checks
+
+
+class ErrorFeedback(_Wrapper):
+    """Error feedback around any compressor (Karimireddy et al. 2019, Alg. 2; Seide 2014).
+
+    The message encodes ``x + e`` and the residual becomes
+    ``e <- (x + e) - decode(encode(x + e))``, so what a biased compressor drops is sent
+    later instead of lost. The wire format is the inner codec's, unchanged.
+    """
+
+    prefix = "ef"
+
+    @property
+    def codec_id(self) -> int:  # type: ignore[override]
+        return self.inner.codec_id
+
+    def __init__(self, inner: Compressor) -> None:
+        if isinstance(inner, ErrorFeedback):
+            raise ValueError("error feedback is already applied; do not wrap twice")
+        self.inner = inner
 
     def init_state(self, shape, *, dtype=torch.float32, device=None) -> EFState:
         return EFState(
@@ -301,11 +319,6 @@ class ErrorFeedback(Compressor):
         for i, s in enumerate(sts):
             s.residual = new_residual[i]
         return msgs, decoded
-
-    def decode_batch(self, msgs, device=None):
-        return self.inner.decode_batch(msgs, device)
-
-    decode_batch._finite_checked = True  # type: ignore[attr-defined]  # the inner codec checks
 
     def __repr__(self) -> str:
         return f"ErrorFeedback({self.inner!r})"

@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fedbench.compress.base import Compressor, ErrorFeedback, check_batch
+from fedbench.compress.base import Compressor, ErrorFeedback, _Wrapper, check_batch
 
 
 @dataclass
@@ -55,7 +55,7 @@ class EF21State:
     inner: Any
 
 
-class EF21(Compressor):
+class EF21(_Wrapper):
     """EF21 around ``inner`` (a compressor, or a compressor config to build one from).
 
     ``compress_batch`` sends ``C(x - g)`` and adds the decoded message to ``g``; the
@@ -66,6 +66,12 @@ class EF21(Compressor):
     # re-encodes or reweights messages (lazy uploads, adaptive codecs, FedBuff) breaks
     # it: fedbench.sim.aggregate.check_run refuses those.
     server_state: ClassVar[bool] = True
+
+    prefix = "ef21"
+
+    @property
+    def codec_id(self) -> int:  # type: ignore[override]
+        return self.inner.codec_id
 
     def __init__(self, inner: Compressor | Mapping[str, Any]) -> None:
         if isinstance(inner, Mapping):
@@ -98,26 +104,6 @@ class EF21(Compressor):
                 )
         self.inner = inner
 
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return f"ef21-{self.inner.name}"
-
-    @property
-    def codec_id(self) -> int:  # type: ignore[override]
-        return self.inner.codec_id
-
-    @property
-    def family(self) -> str:  # type: ignore[override]
-        return self.inner.family
-
-    @property
-    def biased(self) -> bool:  # type: ignore[override]
-        return self.inner.biased
-
-    @property
-    def randomised(self) -> bool:  # type: ignore[override]
-        return self.inner.randomised
-
     def init_state(self, shape, *, dtype=torch.float32, device=None) -> EF21State:
         return EF21State(
             g=torch.zeros(tuple(shape), dtype=dtype, device=device),
@@ -138,11 +124,6 @@ class EF21(Compressor):
         for i, s in enumerate(sts):
             s.g = new_g[i]
         return msgs, decoded
-
-    def decode_batch(self, msgs, device=None):
-        return self.inner.decode_batch(msgs, device)
-
-    decode_batch._finite_checked = True  # type: ignore[attr-defined]  # the inner codec checks
 
     def server_aggregator(self, params: Sequence[torch.Tensor], num_clients: int) -> EF21Mean:
         """The server side: the running weighted sum of every client's ``g_i``."""

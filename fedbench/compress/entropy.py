@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from fedbench.compress import ans, ids, wire
-from fedbench.compress.base import Compressor, ErrorFeedback, check_batch
+from fedbench.compress.base import Compressor, ErrorFeedback, _Wrapper, check_batch
 
 CODERS = ("zstd", "ans")
 _CODER_ID = {"zstd": 1, "ans": 2}
@@ -53,7 +53,7 @@ def max_inner_bytes(numel: int, ndim: int) -> int:
     return min(wire.header_size(ndim) + _FIXED_BYTES + _BYTES_PER_VALUE * numel, cap)
 
 
-class Entropy(Compressor):
+class Entropy(_Wrapper):
     """Lossless entropy coding (zstd, or order-0 ANS: :mod:`fedbench.compress.ans`) of
     the inner codec's message."""
 
@@ -75,18 +75,6 @@ class Entropy(Compressor):
         self._zstd = _zstd() if coder == "zstd" else None
         if coder == "ans":
             ans._constriction()  # a missing package fails here, not at the first message
-
-    @property
-    def biased(self) -> bool:  # type: ignore[override]
-        return self.inner.biased
-
-    @property
-    def family(self) -> str:  # type: ignore[override]
-        return self.inner.family
-
-    @property
-    def randomised(self) -> bool:  # type: ignore[override]
-        return self.inner.randomised
 
     def init_state(self, shape, *, dtype=torch.float32, device=None):
         return self.inner.init_state(shape, dtype=dtype, device=device)

@@ -84,10 +84,14 @@ def _check_bool(name: str, key: str, value: object) -> None:
         raise ValueError(f"{name}: {key} must be true or false, got {value!r}")
 
 
-def _finite_output(out: torch.Tensor, name: str) -> torch.Tensor:
-    if not all_finite(out):
-        raise ValueError(f"corrupt {name} message: the scale makes decoded values overflow")
-    return out
+def _rotate_rows(codec, x: torch.Tensor, generators, states):
+    """What every rotation codec's encode starts with: checked arguments, the message
+    header, one seed a row (drawn from its generator) and the rotated rows (rows, n) fp32.
+    Returns (generators, header, seeds, rotated)."""
+    gens, _ = check_batch(codec, x, generators, states)
+    header = wire.write_header(codec.codec_id, x.dtype, tuple(x.shape[1:]))
+    seeds = hadamard.draw_seeds(gens)
+    return gens, header, seeds, hadamard.rotate(x.reshape(x.shape[0], -1), seeds)
 
 
 def _rotated_header(r: wire.Reader, h: wire.Header, name: str) -> tuple[int, int]:
@@ -122,12 +126,8 @@ class Drive(BytesFirstCodec):
         return 12 + packed_size(hadamard.padded_size(d), 1)
 
     def _compress(self, x, generators, states, with_decoded):
-        gens, _ = check_batch(self, x, generators, states)
-        rows, shape = x.shape[0], tuple(x.shape[1:])
-        d = math.prod(shape)
-        header = wire.write_header(self.codec_id, x.dtype, shape)
-        seeds = hadamard.draw_seeds(gens)
-        y = hadamard.rotate(x.reshape(rows, d), seeds)  # (rows, n) fp32
+        _, header, seeds, y = _rotate_rows(self, x, generators, states)  # y (rows, n)
+        rows, shape, d = x.shape[0], tuple(x.shape[1:]), math.prod(x.shape[1:])
         n = y.shape[1]
         l1 = row_abs_sum(y)
         check_stats(l1, x, self.name)  # NaN/inf in x reach every rotated coordinate
@@ -161,9 +161,7 @@ class Drive(BytesFirstCodec):
         n = hadamard.padded_size(h.numel)
         positive = unpack_mask(stack_rows([f[2] for f in fields]), n).to(device)
         scale = torch.tensor([f[1] for f in fields], dtype=torch.float32, device=positive.device)
-        out = _finite_output(
-            _drive_decode(positive, scale, [f[0] for f in fields], h.numel), "drive"
-        )
+        out = _drive_decode(positive, scale, [f[0] for f in fields], h.numel)
         return to_output(out, h.dtype, self.name).reshape(len(msgs), *h.shape)
 
 
@@ -193,12 +191,8 @@ class Eden(BytesFirstCodec):
         return 13 + packed_size(hadamard.padded_size(d), self.bits)
 
     def _compress(self, x, generators, states, with_decoded):
-        gens, _ = check_batch(self, x, generators, states)
-        rows, shape = x.shape[0], tuple(x.shape[1:])
-        d = math.prod(shape)
-        header = wire.write_header(self.codec_id, x.dtype, shape)
-        seeds = hadamard.draw_seeds(gens)
-        y = hadamard.rotate(x.reshape(rows, d), seeds)  # (rows, n) fp32
+        _, header, seeds, y = _rotate_rows(self, x, generators, states)  # y (rows, n)
+        rows, shape, d = x.shape[0], tuple(x.shape[1:]), math.prod(x.shape[1:])
         n = y.shape[1]
         sq = row_sq_sum(y)
         check_stats(sq, x, self.name)
@@ -238,7 +232,6 @@ class Eden(BytesFirstCodec):
         centroids, _ = _tables(bits, codes.device)
         scale = torch.tensor([f[1] for f in fields], dtype=torch.float32, device=codes.device)
         out = _eden_decode(codes, scale, centroids, [f[0] for f in fields], h.numel)
-        out = _finite_output(out, "eden")
         return to_output(out, h.dtype, self.name).reshape(len(msgs), *h.shape)
 
 
@@ -276,12 +269,8 @@ class RotatedQuant(BytesFirstCodec):
         self.bucket_size = bucket_size
 
     def _compress(self, x, generators, states, with_decoded):
-        gens, _ = check_batch(self, x, generators, states)
-        rows, shape = x.shape[0], tuple(x.shape[1:])
-        d = math.prod(shape)
-        header = wire.write_header(self.codec_id, x.dtype, shape)
-        seeds = hadamard.draw_seeds(gens)
-        y = hadamard.rotate(x.reshape(rows, d), seeds)
+        gens, header, seeds, y = _rotate_rows(self, x, generators, states)  # y (rows, n)
+        rows, shape, d = x.shape[0], tuple(x.shape[1:]), math.prod(x.shape[1:])
         if not all_finite(y):
             require_finite(x, f"{self.name} input")
         inner, y_hat = self.quant.compress_batch(y, gens)
@@ -303,5 +292,5 @@ class RotatedQuant(BytesFirstCodec):
 
         fields, (h, _) = parse_batch(msgs, self.name, self.codec_id, parse)
         y_hat = self.quant.decode_batch([f[1] for f in fields], device)
-        out = _finite_output(hadamard.unrotate(y_hat, [f[0] for f in fields], h.numel), self.name)
+        out = hadamard.unrotate(y_hat, [f[0] for f in fields], h.numel)
         return to_output(out, h.dtype, self.name).reshape(len(msgs), *h.shape)

@@ -88,7 +88,9 @@ class Broadcast:
         self.seed = seed
         self.device = params[0].device
         self.reference = [p.detach().clone() for p in params]  # h: what the clients hold
-        self.sent = [p.detach().clone() for p in params]  # x at the last broadcast
+        # x at the last broadcast: the base of the change without error feedback (with it,
+        # the base is the reference)
+        self.sent = None if error_feedback else [p.detach().clone() for p in params]
         self.states = [self.codec.init_state(p.shape, device=self.device) for p in params]
         # Dense message per tensor: what `none` sends (header + fp32 values).
         self.dense = np.array(
@@ -123,7 +125,8 @@ class Broadcast:
             else:
                 self.reference[k] = self.reference[k] + decoded[0]
                 sizes[k] = len(msgs[0])
-            self.sent[k] = x.detach().clone()
+            if self.sent is not None:
+                self.sent[k] = x.detach().clone()
         return sizes
 
     def __call__(

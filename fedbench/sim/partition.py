@@ -8,6 +8,7 @@ and no client is left empty. Torch-free at import (``fedbench.schema`` builds it
 
 from __future__ import annotations
 
+import abc
 import math
 import numbers
 from collections.abc import Mapping
@@ -72,7 +73,7 @@ def shards(
     return [np.sort(np.concatenate([pieces[s] for s in row])) for row in assign]
 
 
-class Partition:
+class Partition(abc.ABC):
     """How the training set is split among clients: ``partition._target_: pkg.Class``.
 
     Subclasses take typed keyword arguments (checked in ``__init__``, ValueError naming
@@ -83,9 +84,9 @@ class Partition:
 
     needs_clients: ClassVar[bool] = False
 
+    @abc.abstractmethod
     def split(self, data: Dataset, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
         """Train indices (into ``data.X_train``) of each of ``num_clients`` clients."""
-        raise NotImplementedError
 
 
 class IID(Partition):

@@ -22,6 +22,7 @@ from fedbench.sim import adaptive, aggregate, downlink, lazy, network, partition
 from fedbench.sim import cohort as cohort_engine
 from fedbench.sim import loop as loop_engine
 from fedbench.sim.server import Diverged, ServerOptimizer
+from fedbench.sim.sync import SyncRounds
 from fedbench.sim.uplink import Metrics, Sent
 
 # cuBLAS needs this before its first use to be deterministic on CUDA.
@@ -78,6 +79,7 @@ class Simulation:
             local_epochs=int(cfg["local_epochs"]),
             local_steps=cfg.get("local_steps"),
         )
+        self._sync = SyncRounds(self)  # for round(): the synchronous scheduler
         # What `none` would send per client: header + fp32 values, per tensor.
         self.dense_bytes = sum(
             wire.header_size(len(s)) + 4 * math.prod(s) for s in self.spec.shapes
@@ -204,10 +206,6 @@ class Simulation:
 
     def round(self, round_: int) -> dict[str, Any]:
         """One synchronous round (``fedbench.sim.sync``); its metrics row."""
-        from fedbench.sim.sync import SyncRounds
-
-        if not hasattr(self, "_sync"):
-            self._sync = SyncRounds(self)
         return self._sync.round(round_)
 
     # -- evaluation -------------------------------------------------------------------------

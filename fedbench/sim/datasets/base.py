@@ -7,6 +7,7 @@ anything that needs torch (the seeded generators) is imported inside ``load``.
 
 from __future__ import annotations
 
+import abc
 import inspect
 import math
 import numbers
@@ -42,7 +43,7 @@ class Dataset:
     client_test: list[np.ndarray] | None = None  # per-client test indices, aligned with natural
 
 
-class DataSource:
+class DataSource(abc.ABC):
     """A data set a config can name: ``dataset._target_: pkg.module.Class``.
 
     Subclasses take typed keyword arguments (the YAML's keys) and check their values in
@@ -58,11 +59,13 @@ class DataSource:
         return False
 
     def check(self, *, num_clients: int, max_memory_gb: float | None = None) -> None:
-        """Torch-free checks before any work (files present and well-formed, sizes)."""
+        """Torch-free checks before any work (files present and well-formed, sizes);
+        none by default (a data set built in memory has nothing to check)."""
+        return None
 
+    @abc.abstractmethod
     def load(self, seed: int, num_clients: int, *, max_memory_gb: float | None = None) -> Dataset:
         """The arrays: a held-out test split no client trains on, fixed by ``seed``."""
-        raise NotImplementedError
 
 
 T = TypeVar("T")
