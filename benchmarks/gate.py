@@ -340,7 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--baseline", type=Path, default=BASELINE)
         p.add_argument("--json", nargs="+", help="read these pytest-benchmark JSONs, run nothing")
-        p.add_argument("--slowdown", default="", help="glob of kernel ids to run three times (testing)")
+        p.add_argument(
+            "--slowdown", default="", help="glob of kernel ids to run three times (testing)"
+        )
         p.add_argument("--pytest-args", default="", help="extra pytest arguments, one string")
         p.add_argument("--stat", choices=STATS, default="min", help="per-benchmark statistic")
     p_check = sub.choices["check"]
