@@ -298,3 +298,35 @@ def test_cohort(benchmark, timer, label: str, cohort: tuple[int, int], device: s
         out = timer(kernel_id, c.decode_batch, lambda: ((msgs, device), {}), device=device)
         torch.testing.assert_close(out, sent)
         check_decoded(setting, x, out)
+
+
+ROTATION_OPS = ("clone", "rotate", "unrotate")
+ROTATION_ROWS = (1, 10)  # one client (its vector in cache) and a cohort of ten (it streams)
+
+
+@pytest.mark.parametrize("op", ROTATION_OPS)
+@pytest.mark.parametrize("rows", ROTATION_ROWS)
+def test_rotation_stage(benchmark, timer, rows: int, device: str, op: str) -> None:
+    """The randomised Hadamard stage of drive / eden / rotated_quant alone, d = 2^20."""
+    from fedbench.compress import hadamard
+
+    d = 2**20
+    x = data((rows, d), device)
+    seeds = list(range(1, rows + 1))
+    group = f"hadamard rotation {rows}x2^20 {device}"
+    benchmark.group = group
+    kernel_id = f"{group} :: {op}"
+    benchmark.extra_info.update(
+        kernel=kernel_id, op=op, compressor="hadamard", setting="rotation", shape=list(x.shape),
+        device=x.device.type, elements=x.numel(), input_bytes=x.numel() * x.element_size(),
+    )  # fmt: skip
+    y = hadamard.rotate(x, seeds)
+    if op == "clone":
+        out = timer(kernel_id, torch.Tensor.clone, lambda: ((x,), {}), device=device)
+        assert torch.equal(out, x)
+    elif op == "rotate":
+        out = timer(kernel_id, hadamard.rotate, lambda: ((x, seeds), {}), device=device)
+        assert torch.equal(out, y)
+    else:
+        out = timer(kernel_id, hadamard.unrotate, lambda: ((y, seeds, d), {}), device=device)
+        torch.testing.assert_close(out, x, rtol=1e-4, atol=1e-4)

@@ -13,7 +13,8 @@ vector with independent generators, decodes and averages on the server, and reco
   (:func:`symbol_entropy_bits`), the bound a symbol-by-symbol coder meets.
 
 Writes ``dme.csv``, ``dme.md`` (best seed-mean NMSE first within each bit budget) and
-``dme_pareto.png`` (NMSE vs bits, log y, one series per family) into DIR. Codecs that
+``dme_pareto.png`` (NMSE vs bits, log y: one line a family, its Pareto front over every
+codec and setting of the family; entropy-coded rows as a dashed line of their own) into DIR. Codecs that
 need server-side aggregation (the count sketch) are skipped and listed in dme.md.
 """
 
@@ -36,6 +37,8 @@ SERVER_AGGREGATED = {
     "majority_vote": "aggregated by the sign of the clients' vote, not by a mean",
 }
 ENTROPY_CODED = ("qsgd", "terngrad", "topk", "qsgd4")
+# Settings beside the shipped configs: EDEN's fractional rates (EDEN, Sec. 5).
+EXTRA = {f"eden{b:g}": ("eden", {"bits": b}) for b in (0.25, 1.5, 2.5, 3.5)}
 # The grid of the committed report (reports/codecs/): ~4 minutes on one CPU thread.
 FULL = {
     1: (2**10, 2**14, 2**18, 2**20),
@@ -183,6 +186,8 @@ def codecs() -> tuple[dict, dict]:
             out[name] = build(name, error_feedback=False)
         except ValueError as e:
             skipped[name] = str(e)
+    for label, (name, params) in EXTRA.items():
+        out[label] = build(name, error_feedback=False, **params)
     for coder in ("zstd", "ans"):
         try:
             for name in ENTROPY_CODED:
@@ -287,38 +292,55 @@ def _plot(path: Path, rows: list[dict]) -> None:
 
     groups = _groups(rows)
     key = max(groups, key=lambda k: (k[0] == "gaussian", k[1] == 10, k[2]))
-    fig, ax = plt.subplots(figsize=(10, 6))
     fams: dict = {}
     for r in groups[key]:
         if r["nmse"] > 0:
-            fams.setdefault(r["family"], []).append(r)
-    colours = plt.get_cmap("tab20").colors
-    markers = "os^vD<>p*hX"
-    for i, (fam, rs) in enumerate(sorted(fams.items())):
+            coded = " + entropy coding" if "+" in r["family"] else ""
+            fams.setdefault(f"{r['strategy'] or 'other'}{coded}", []).append(r)
+    fig, ax = plt.subplots(figsize=(11, 6.5))
+    bases = sorted({f.split(" +")[0] for f in fams})
+    colours = dict(zip(bases, plt.get_cmap("tab10").colors[: len(bases)], strict=True))
+    for fam, rs in sorted(fams.items()):
         rs.sort(key=lambda r: (r["bits_per_coord"], r["nmse"]))
-        colour, marker = colours[i % len(colours)], markers[i % len(markers)]
+        colour = colours[fam.split(" +")[0]]
+        dashed = "entropy" in fam
         ax.scatter(
-            [r["bits_per_coord"] for r in rs], [r["nmse"] for r in rs], color=colour, marker=marker
+            [r["bits_per_coord"] for r in rs],
+            [r["nmse"] for r in rs],
+            color=colour,
+            alpha=0.35,
+            s=14,
+            marker="x" if dashed else "o",
         )
-        front = pareto(rs)  # the line joins the settings no cheaper setting beats
+        front = pareto(rs)  # the line joins the settings no cheaper setting of the family beats
         ax.plot(
             [r["bits_per_coord"] for r in front],
             [r["nmse"] for r in front],
-            "--" if "+" in fam else "-",  # entropy-coded: dashed beside its codec
-            marker=marker,
+            "--" if dashed else "-",
+            marker="x" if dashed else "o",
             color=colour,
-            label=f"{fam} ({rs[0]['strategy'] or '-'})",
+            label=fam,
         )
+        for r in front:
+            ax.annotate(
+                r["codec"],
+                (r["bits_per_coord"], r["nmse"]),
+                fontsize=6,
+                color=colour,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("bits per coordinate (measured, headers included)")
     ax.set_ylabel("NMSE of the mean")
     ax.set_title(
-        f"DME: {key[0]}, n = {key[1]}, d = {key[2]} (lines: each codec's Pareto front; "
-        "NMSE 0 not shown)"
+        f"DME: {key[0]}, n = {key[1]}, d = {key[2]}: one line a family, its Pareto front "
+        "(labelled); faint points: the family's other settings; NMSE 0 not shown",
+        fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

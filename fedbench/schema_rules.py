@@ -145,3 +145,9 @@ COMPRESSOR: dict[str, Rule] = {
     "approximate": boolean(),
     "shared_seed": boolean(),
 }
+# EDEN's rate: any number of bits in (0, 8] (fractional: a shared random share of values).
+EDEN_BITS: Rule = lambda v: (  # noqa: E731
+    None
+    if _is_real(v) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 8
+    else "a number in (0, 8] (fractional allowed)"
+)

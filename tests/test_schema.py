@@ -52,6 +52,9 @@ def test_default_config_passes() -> None:
         (["partition._target_=fedbench.sim.datasets.digits.Digits"], r"^partition._target_=.* is invalid: must name a subclass of fedbench.sim.partition.Partition"),
         (["dataset=femnist"], r"^dataset.path is missing: dataset=femnist needs LEAF's FEMNIST JSON files in dataset.path=DIR: DIR/train/\*.json"),
         (["dataset=cifar10", "dataset.path=/nonexistent"], r"^dataset.path='/nonexistent' is invalid: missing data_batch_1, .* test_batch; dataset=cifar10 needs"),
+        (["compressor=eden", "compressor.bits=8.5"], r"^compressor.bits=8.5 is invalid: must be a number in \(0, 8\] \(fractional allowed\)$"),
+        (["compressor=eden", "compressor.bits=0"], r"^compressor.bits=0 is invalid: must be a number in \(0, 8\]"),
+        (["compressor=quant", "compressor.bits=1.5"], r"^compressor.bits=1.5 is invalid: must be an integer in 1..8 or 16$"),
     ],
 )  # fmt: skip
 def test_refusals_name_key_and_value(overrides: list[str], match: str) -> None:
@@ -66,6 +69,8 @@ def test_what_the_new_rules_still_allow() -> None:
     _validate(_cfg("downlink=quant8", "max_memory_gb=0.5"))
     _validate(_cfg("dataset=synthetic", "partition=natural"))
     _validate(_cfg("dataset.name=my label"))  # a label for reports, not a choice
+    _validate(_cfg("compressor=eden", "compressor.bits=1.5"))  # EDEN's fractional rates
+    _validate(_cfg("compressor=eden05"))
 
 
 @pytest.mark.parametrize(

@@ -11,20 +11,28 @@ The diagonal is not sent: the message carries an 8-byte seed drawn from the clie
 generator, and both ends expand it into signs on the CPU (``torch.Generator("cpu")``),
 so a message encoded on a GPU decodes to the same rotation anywhere.
 
-The transform is computed as ``log_16 n`` small matrix products with ``H_16`` (and one
-smaller ``H_2^k`` for the rest), each over one 4-bit group of the index: on one CPU
-thread at n = 2^20 that is ~3x faster than radix-2 butterflies (and than the PyPI
-``hadamard-transform`` package, which uses them). Every output coordinate is a fixed
-sequence of +-1 sums, so a row gives the same bits alone or inside a batch (tested).
+On the CPU the transform, the sign flips, the padding and the normalisation run in one
+compiled kernel a row (:mod:`fedbench.compress._wht`): at n = 2^20 on one thread a
+rotation costs ~15x a clone of the (cache-resident) input, against ~50-120x for the
+PyPI ``hadamard-transform`` package and for BLAS products with H_16. On other devices it
+is ``log_16 n`` small matrix products with ``H_16`` (and one smaller ``H_2^k``), each
+over one 4-bit group of the index. Either way every output coordinate is a fixed
+sequence of +-1 sums, so a row gives the same bits alone or inside a batch (tested);
+CPU and GPU round differently in the last bit, which is why the device kind is part
+of a cell's identity.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
 import torch
+
+from fedbench.compress.bitpack import pack_codes
+from fedbench.compress.buckets import row_abs_sum, row_sq_sum
 
 SEED_BYTES = 8
 _RADIX_BITS = 4  # H_16 blocks: the fastest block size measured on one CPU thread
@@ -49,14 +57,32 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
 
     ``n`` must be a power of two. Orthonormal and its own inverse: ``fwht(fwht(x)) == x``
     up to rounding. Returns a new tensor; ``x`` is not modified.
+    """
+    rows, n = x.shape
+    if n & (n - 1) or n == 0:
+        raise ValueError(f"fwht: row length must be a power of two, got {n}")
+    if x.device.type == "cpu":
+        from fedbench.compress import _wht
+
+        out = np.empty((rows, n), dtype=np.float32)
+        _wht.transform_rows(_as_numpy(x), np.float32(1 / math.sqrt(n)), out)
+        return torch.from_numpy(out)
+    return _fwht_blas(x)
+
+
+def _as_numpy(x: torch.Tensor) -> np.ndarray:
+    """A C-contiguous fp32 numpy view (or copy) of a CPU tensor."""
+    return x.detach().to(torch.float32).contiguous().numpy()
+
+
+def _fwht_blas(x: torch.Tensor) -> torch.Tensor:
+    """``fwht`` as log_16 n batched products with H_16: any device.
 
     The normalisation rides on the stage matrices (H_16 / 4 is exact: a power of two),
     so no pass of its own is spent on it unless ``n`` is an odd power of two (then one
     multiply by 2^-1/2 at the end, which rounds exactly as ``x / sqrt(n)`` would).
     """
     rows, n = x.shape
-    if n & (n - 1) or n == 0:
-        raise ValueError(f"fwht: row length must be a power of two, got {n}")
     levels = n.bit_length() - 1
     if levels == 0:
         return x.to(torch.float32).clone()
@@ -117,6 +143,57 @@ def _sign_table() -> np.ndarray:
     return 1.0 - 2.0 * bits.astype(np.float32)
 
 
+def unrotate_levels(
+    codes: torch.Tensor, levels: torch.Tensor, seeds: Sequence[int], d: int
+) -> torch.Tensor:
+    """``R_i^-1 levels[i, codes_i]`` cropped to ``d``: codes (rows, n) integer indices
+    into levels (rows, K) fp32 -> (rows, d) fp32. The decode of a quantised rotation,
+    one fused pass on the CPU (the lookup feeds the transform directly)."""
+    rows, n = codes.shape
+    _check_rotated(n, d, rows, seeds)
+    if levels.shape[0] != rows or (codes.numel() and int(codes.max()) >= levels.shape[1]):
+        raise ValueError(f"unrotate_levels: codes index past the {levels.shape[1]} levels")
+    if codes.device.type != "cpu":
+        return unrotate(torch.gather(levels, 1, codes.long()), seeds, d)
+    from fedbench.compress import _wht
+
+    out = np.empty((rows, d), dtype=np.float32)
+    c = codes.detach().to(torch.uint8).contiguous().numpy()
+    scale = np.float32(1 / math.sqrt(n))
+    _wht.unrotate_levels(c, _as_numpy(levels), _sign_bytes(seeds, n), scale, _sign_table(), out)
+    return torch.from_numpy(out)
+
+
+def sign_stats(y: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """DRIVE's encode statistics of rotated rows y (rows, n) fp32, in one pass on the CPU:
+    (the packed bits of ``y >= +0`` (rows, ceil(n/8)) uint8, sum |y| fp64 (rows,),
+    sum y^2 fp64 (rows,)). Each sum is in a fixed order, the same in any batch."""
+    rows, n = y.shape
+    if y.device.type != "cpu" or n % 8:
+        return pack_codes(~torch.signbit(y), 1), row_abs_sum(y), row_sq_sum(y)
+    from fedbench.compress import _wht
+
+    packed = np.empty((rows, n // 8), dtype=np.uint8)
+    stats = np.empty((rows, 2), dtype=np.float64)
+    _wht.sign_stats(_as_numpy(y), packed, stats)
+    return packed, torch.from_numpy(stats[:, 0].copy()), torch.from_numpy(stats[:, 1].copy())
+
+
+def _check_rotated(n: int, d: int, rows: int, seeds: Sequence[int]) -> None:
+    """A rotated row's length is the power of two ``padded_size(d)``; one seed a row."""
+    if len(seeds) != rows:
+        raise ValueError(f"unrotate: {len(seeds)} seeds for {rows} rows")
+    if n != padded_size(d):
+        raise ValueError(f"unrotate: rows of {n} values, expected {padded_size(d)} for d={d}")
+
+
+def _sign_bytes(seeds: Sequence[int], n: int) -> np.ndarray:
+    """(rows, ceil(n/8)) uint8: row i holds the sign bits of D for ``seeds[i]``."""
+    if not seeds:
+        return np.zeros((0, (n + 7) // 8), dtype=np.uint8)
+    return np.stack([_sign_words(s, n)[: (n + 7) // 8] for s in seeds])
+
+
 def _signs(seeds: Sequence[int], n: int, device: torch.device) -> torch.Tensor:
     """(rows, n) fp32 of +1 / -1: row i is D of ``seeds[i]``, one table lookup a byte."""
     raw = np.stack([_sign_words(s, n)[: (n + 7) // 8] for s in seeds])
@@ -130,6 +207,13 @@ def rotate(x: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
     n = padded_size(d)
     if len(seeds) != rows:
         raise ValueError(f"rotate: {len(seeds)} seeds for {rows} rows")
+    if x.device.type == "cpu":
+        from fedbench.compress import _wht
+
+        out = np.empty((rows, n), dtype=np.float32)
+        table = _sign_table() * np.float32(1 / math.sqrt(n))
+        _wht.rotate_rows(_as_numpy(x), _sign_bytes(seeds, n), table, out)
+        return torch.from_numpy(out)
     signs = _signs(seeds, n, x.device)
     y = torch.empty(rows, n, dtype=torch.float32, device=x.device)
     torch.mul(x, signs[:, :d], out=y[:, :d])  # pad and flip in one pass
@@ -140,7 +224,13 @@ def rotate(x: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
 def unrotate(y: torch.Tensor, seeds: Sequence[int], d: int) -> torch.Tensor:
     """``R_i^-1 y_i`` for each row, cropped to ``d``: y (rows, n) -> (rows, d) fp32."""
     rows, n = y.shape
-    if len(seeds) != rows:
-        raise ValueError(f"unrotate: {len(seeds)} seeds for {rows} rows")
+    _check_rotated(n, d, rows, seeds)
+    if y.device.type == "cpu":
+        from fedbench.compress import _wht
+
+        out = np.empty((rows, d), dtype=np.float32)
+        scale = np.float32(1 / math.sqrt(n))
+        _wht.unrotate_rows(_as_numpy(y), _sign_bytes(seeds, n), scale, _sign_table(), out)
+        return torch.from_numpy(out)
     z = fwht(y)[:, :d]
     return z * _signs(seeds, n, z.device)[:, :d]

@@ -136,7 +136,11 @@ def _train(
     n_host = cohort.n.cpu().numpy().astype(np.int64)
     n = cohort.n.to(dev)
     arange_b = torch.arange(B, device=dev)
-    bufs = [torch.zeros_like(p) for p in params] if opt.momentum > 0 else None
+    # Momentum buffers: the hand-written backward sums into zeroed ones; with autograd a
+    # first step that every client takes adopts its gradients (buf = grad exactly, as
+    # 0 * momentum + grad is), sparing a fill and a pass of the parameters' size.
+    lazy = opt.momentum > 0 and not spec.hand_backward
+    bufs = [torch.zeros_like(p) for p in params] if opt.momentum > 0 and not lazy else None
     drop = None
     if spec.dropout > 0:
         drop = seeding.DropoutBits(spec.dropout, B, spec.dropout_units, dev)
@@ -171,6 +175,8 @@ def _train(
         taken = np.minimum(n_host[act] - pos[act] * B, B)  # samples in each active batch
         steps_host[act] += 1
         samples_host[act] += taken
+        if lazy and bufs is None and not (isinstance(sel, slice) and sel == slice(0, C)):
+            bufs = [torch.zeros_like(p) for p in params]
         if isinstance(sel, slice):
             full = sel == slice(0, C)
             p_sub = params if full else [p[sel] for p in params]
@@ -205,7 +211,10 @@ def _train(
                 k = step_keys[sel].gather(1, torch.from_numpy(own_step[act]).to(dev).unsqueeze(1))
                 mask = drop.masks_from_bytes(drop.bytes_for(k.reshape(-1)))
 
-        loss = _sgd_step(spec, p_sub, b_sub, xb, yb, weight, count, mask, opt)
+        adopt = lazy and bufs is None  # the first step, every client in it
+        loss, adopted = _sgd_step(spec, p_sub, b_sub, xb, yb, weight, count, mask, opt, adopt)
+        if adopt:
+            bufs = adopted
 
         if not isinstance(sel, slice):
             for whole, sub in zip(params, p_sub, strict=True):
@@ -233,10 +242,13 @@ def _sgd_step(
     count: torch.Tensor | None,
     mask: torch.Tensor | None,
     opt: LocalSGD,
-) -> torch.Tensor:
+    adopt: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """One SGD step of every client, in place on ``params`` and ``bufs`` (each (c, *shape)),
     as ``torch.optim.SGD`` does it: d = grad + wd * p; buf = momentum * buf + d;
-    p -= lr * buf. Returns each client's mean minibatch loss (c,).
+    p -= lr * buf. ``adopt``: the first step with momentum and no buffers yet (bufs
+    None): buf = d, returned. Returns (each client's mean minibatch loss (c,), the
+    adopted buffers or None).
 
     xb (c, B, features), yb (c, B); weight (c, B) and count (c,) when some batches are
     partial (padding weighs zero), else None; mask (c, B, units) dropout or None.
@@ -256,12 +268,16 @@ def _sgd_step(
         with torch.no_grad():
             if opt.weight_decay:
                 torch._foreach_add_(grads, params, alpha=opt.weight_decay)
+            if adopt:  # buf = d: autograd's fresh gradients become the buffers
+                grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
+                torch._foreach_add_(params, grads, alpha=-opt.lr)
+                return loss, grads
             if bufs is not None:
                 torch._foreach_mul_(bufs, opt.momentum)
                 torch._foreach_add_(bufs, grads)
                 grads = bufs
             torch._foreach_add_(params, grads, alpha=-opt.lr)
-        return loss
+        return loss, None
 
     with torch.no_grad():
         logits, saved = spec.fast.forward_train(params, xb, mask)
@@ -286,7 +302,7 @@ def _sgd_step(
         if opt.weight_decay:  # d = grad + wd * p, inside the momentum sum
             torch._foreach_add_(d, params, alpha=opt.weight_decay)
         torch._foreach_add_(params, d, alpha=-opt.lr)
-    return loss
+    return loss, None
 
 
 def _rows(active: np.ndarray, device: torch.device) -> slice | torch.Tensor:

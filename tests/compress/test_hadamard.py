@@ -83,3 +83,34 @@ def test_sign_table_expands_the_same_diagonal_as_the_mask():
         for row, seed in zip(signs, (7, 8), strict=True):
             want = torch.from_numpy(hadamard.negative_mask(seed, n))
             assert torch.equal(row < 0, want) and bool((row.abs() == 1).all())
+
+
+def test_cpu_kernel_agrees_with_the_portable_transform():
+    """The compiled CPU transform and the BLAS-product one (other devices) agree."""
+    from fedbench.compress.hadamard import _fwht_blas
+
+    for n in (1, 2, 8, 16, 64, 2048, 4096, 2**15):
+        x = torch.randn(3, n, generator=torch.Generator().manual_seed(n))
+        torch.testing.assert_close(hadamard.fwht(x), _fwht_blas(x), rtol=1e-5, atol=1e-5)
+
+
+def test_unrotate_levels_is_unrotate_of_the_looked_up_levels():
+    g = torch.Generator().manual_seed(0)
+    d = 1000
+    n = hadamard.padded_size(d)
+    codes = torch.randint(0, 4, (3, n), generator=g, dtype=torch.uint8)
+    levels = torch.randn(3, 4, generator=g)
+    want = hadamard.unrotate(torch.gather(levels, 1, codes.long()), [1, 2, 3], d)
+    got = hadamard.unrotate_levels(codes, levels, [1, 2, 3], d)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_sign_stats_are_the_signs_and_the_sums():
+    from fedbench.compress.bitpack import pack_codes
+
+    y = torch.randn(4, 256, generator=torch.Generator().manual_seed(0))
+    y[0, :3] = torch.tensor([0.0, -0.0, 1.0])
+    packed, l1, sq = hadamard.sign_stats(y)
+    assert (packed == pack_codes(~torch.signbit(y), 1)).all()
+    torch.testing.assert_close(l1, y.double().abs().sum(1))
+    torch.testing.assert_close(sq, y.double().square().sum(1))

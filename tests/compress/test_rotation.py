@@ -132,3 +132,74 @@ def test_eden_cell_index_is_bucketize():
         zz = torch.cat([z, edges, -edges])  # values exactly on a boundary
         want = torch.bucketize(zz, edges).to(torch.uint8)
         torch.testing.assert_close(_cell_index(zz, edges), want, rtol=0, atol=0)
+
+
+# Fractional bit rates (EDEN, Sec. 5): between whole bits a shared random share of the
+# rotated values gets the higher width; below one bit a shared random subset is kept.
+
+FRACTIONAL = (0.25, 0.5, 1.5, 2.5, 3.75)
+
+
+@pytest.mark.parametrize("bits", FRACTIONAL)
+@pytest.mark.parametrize("d", [1, 7, 1000, 4096])
+def test_fractional_size_is_exact_and_round_trips(bits, d):
+    codec = Eden(bits)
+    x = torch.randn(3, d, generator=torch.Generator().manual_seed(d))
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    msgs, sent = codec.compress_batch(x, gens)
+    assert all(len(m) == wire.header_size(1) + codec.payload_bytes(d) for m in msgs)
+    assert torch.equal(codec.decode_batch(msgs), sent)  # the sender's decoded is the server's
+    for i in range(3):  # a row alone gives the same message as inside the batch
+        assert codec.encode(x[i], torch.Generator().manual_seed(i)) == msgs[i]
+
+
+@pytest.mark.parametrize("bits", FRACTIONAL)
+def test_fractional_rate_is_the_requested_bits_at_a_power_of_two(bits):
+    d = 2**14
+    msg = Eden(bits).encode(torch.randn(d), torch.Generator().manual_seed(0))
+    assert len(msg) * 8 / d == pytest.approx(bits, abs=0.02)
+
+
+@pytest.mark.parametrize("bits", [0.5, 1.5, 2.5])
+def test_fractional_eden_is_unbiased(bits):
+    """The mean of many independent encodings converges to x: its NMSE is vNMSE / reps."""
+    d, reps = 4096, 200
+    x = torch.randn(d, generator=torch.Generator().manual_seed(3))
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(reps)]
+    _, out = Eden(bits).compress_batch(x.expand(reps, d), gens)
+    vnmse = float(((out - x) ** 2).sum(1).mean() / x.square().sum())
+    nmse_of_mean = float((out.mean(0) - x).square().sum() / x.square().sum())
+    assert nmse_of_mean == pytest.approx(vnmse / reps, rel=0.25)
+
+
+def test_fractional_error_falls_between_the_whole_bit_rates():
+    errs = {b: _vnmse(Eden(b)) for b in (0.5, 1, 1.5, 2, 2.5, 3)}
+    assert list(errs.values()) == sorted(errs.values(), reverse=True)
+    # below one bit: keeping a share p of the values costs about (1 + vNMSE_1) / p - 1
+    assert errs[0.5] == pytest.approx((1 + errs[1]) / 0.5 - 1, rel=0.05)
+
+
+def test_fractional_bits_refused_or_kept_exactly():
+    for bad in (0, -1, 8.5, float("nan"), float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="bits"):
+            Eden(bad)
+    assert Eden(2.0).bits == 2 and not Eden(2.0).fractional  # whole: the integer format
+    assert Eden(0.1).bits == float(torch.tensor(0.1).item())  # the fp32 value both ends use
+    assert build("eden05").bits == 0.5
+
+
+@pytest.mark.parametrize("bits", [0.5, 1.5])
+def test_fractional_hostile_bytes_raise_value_error(bits):
+    codec = Eden(bits)
+    msg = codec.encode(torch.randn(300), torch.Generator().manual_seed(0))
+    h = wire.header_size(1)
+    for cut in (1, 5, len(msg) - h - 1):
+        with pytest.raises(ValueError):
+            codec.decode(msg[:-cut])
+    with pytest.raises(ValueError):
+        codec.decode(msg + b"\0")
+    for rate in (float("nan"), 2.0, 9.5, 0.0, -0.5):  # the fp32 rate after the 0 byte
+        bad = bytearray(msg)
+        bad[h + 9 : h + 13] = struct.pack("<f", rate)
+        with pytest.raises(ValueError, match="bits"):
+            codec.decode(bytes(bad))

@@ -9,9 +9,12 @@ the cohort stays in one contiguous layout instead:
 * conv nets: (batch, clients * channels, H, W): a conv with per-client weights is one
   grouped conv (``groups=clients``), GroupNorm with G groups is GroupNorm with
   ``clients * G`` groups (a client's channels are contiguous, so each group stays inside
-  one client), ReLU and pooling do not care; the head is a batched GEMM.
+  one client), ReLU and pooling do not care; the head is a batched GEMM. Pooling runs
+  before the ReLU (the same values and gradients: both are monotone, and a ReLU's
+  gradient at 0 is 0), through a compiled 2x2 max-pool on the CPU (``models._pool``:
+  torch's NCHW kernel was a third of the small CNN's step).
 * the LSTM: (clients, batch, ...): the embedding is one lookup into the stacked tables,
-  each step's recurrence one ``bmm``.
+  each step's recurrence one ``bmm``, its backward written by hand (:class:`_Recurrence`).
 
 Each must equal the module it stands for, client by client: ``ModelSpec.check``
 compares the two on its dry run and refuses the model otherwise.
@@ -25,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedbench.sim.models._lstm import step_backward
+from fedbench.sim.models._pool import max_pool2
 from fedbench.sim.models.fast import register
 from fedbench.sim.models.leaf import CharLSTM, FemnistCNN
 from fedbench.sim.models.nets import CNN
@@ -37,12 +42,19 @@ class _StackedLinear(torch.autograd.Function):
     Autograd's own backward of ``baddbmm(b, h, w^T)`` yields dL/dw as a transposed view,
     and the optimiser's adds over it are strided: for FEMNIST's 3136x2048 layer that was
     4x the GEMM itself. Here dL/dw = dy^T h comes out in w's own layout.
+
+
+    One client (a chunk of 1, what ``cohort_chunk: auto`` picks for the big models on a
+    CPU) takes plain GEMMs: a batch of one ``bmm`` was ~1.4x slower than ``mm`` there.
     """
 
     @staticmethod
     def forward(ctx, h, w, b):
         ctx.save_for_backward(h, w)
         ctx.has_bias = b is not None
+        if h.shape[0] == 1:
+            out = h[0] @ w[0].t() if b is None else torch.addmm(b[0], h[0], w[0].t())
+            return out.unsqueeze(0)
         if b is None:
             return torch.bmm(h, w.transpose(1, 2))
         return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
@@ -50,9 +62,12 @@ class _StackedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         h, w = ctx.saved_tensors
+        db = dy.sum(1) if ctx.has_bias else None
+        if h.shape[0] == 1:
+            dh = (dy[0] @ w[0]).unsqueeze(0) if ctx.needs_input_grad[0] else None
+            return dh, (dy[0].t() @ h[0]).unsqueeze(0), db
         dh = torch.bmm(dy, w) if ctx.needs_input_grad[0] else None
         dw = torch.bmm(dy.transpose(1, 2), h)
-        db = dy.sum(1) if ctx.has_bias else None
         return dh, dw, db
 
 
@@ -115,7 +130,7 @@ class CNNStacked(_Stacked):
         for i in (0, 1):
             h = _conv(h, p[f"conv{i}.weight"], p[f"conv{i}.bias"], padding=1)
             h = _norm(h, p[f"norm{i}.weight"], p[f"norm{i}.bias"], self.groups)
-            h = F.max_pool2d(torch.relu(h), 2)
+            h = torch.relu(max_pool2(h))  # = pool(relu(h)), on a quarter of the values
         return _head(_unfold(h, C), p["fc.weight"], p["fc.bias"], mask)
 
 
@@ -128,9 +143,7 @@ class FemnistStacked(_Stacked):
         p, C = self.by_name(params), x.shape[0]
         h = _fold(x, self.image)
         for i in (0, 1):
-            h = F.max_pool2d(
-                torch.relu(_conv(h, p[f"conv{i}.weight"], p[f"conv{i}.bias"], padding=2)), 2
-            )
+            h = torch.relu(max_pool2(_conv(h, p[f"conv{i}.weight"], p[f"conv{i}.bias"], padding=2)))
         h = torch.relu(_linear(p["fc.weight"], p["fc.bias"], _unfold(h, C)))
         return _head(h, p["head.weight"], p["head.bias"], mask)
 
@@ -179,15 +192,80 @@ class CharLSTMStacked(_Stacked):
         """x (C, B, T, in) -> (C, B, T, H); ``_LSTMLayer``'s equations per client."""
         C, B, T = x.shape[:3]
         gates_x = _linear(w_ih, bias, x.reshape(C, B * T, -1)).view(C, B, T, -1)
-        h = c = x.new_zeros(C, B, w_hh.shape[2])
-        out = []
+        return _Recurrence.apply(gates_x, w_hh)
+
+
+class _Recurrence(torch.autograd.Function):
+    """The LSTM recurrence of every client over the whole sequence, backward by hand.
+
+    gates_x (C, B, T, 4H) (the input part of every step's gates, bias included), w_hh
+    (C, 4H, H) -> hidden states (C, B, T, H); gates ordered i, f, z, o as ``nn.LSTM``.
+
+    Autograd of the step-by-step graph computes dL/dw_hh as T small GEMMs of inner size
+    B (one a step, each a pass over w_hh's size) and adds them up; here the steps'
+    gate gradients are kept and dL/dw_hh is one GEMM of inner size B*T at the end, and
+    the forward needs no graph: ~1.5x faster for LEAF's sizes on a CPU. The same
+    equations as the module's, summed in another order (round-off).
+    """
+
+    @staticmethod
+    def forward(ctx, gates_x, w_hh):
+        C, B, T, G = gates_x.shape
+        H = G // 4
+        acts = gates_x.new_empty(T, C, B, G)  # sigmoid(i), sigmoid(f), tanh(z), sigmoid(o)
+        tanh_c = gates_x.new_empty(T, C, B, H)
+        cells = gates_x.new_empty(T, C, B, H)
+        hs = gates_x.new_empty(T, C, B, H)
+        h = c = gates_x.new_zeros(C, B, H)
+        w_t = w_hh.transpose(1, 2)
         for t in range(T):
-            g = gates_x[:, :, t] + _linear(w_hh, None, h)
-            i, f, z, o = g.chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(z)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            out.append(h)
-        return torch.stack(out, 2)
+            g = torch.baddbmm(gates_x[:, :, t], h, w_t)  # gx_t + h_{t-1} W^T
+            a = acts[t]
+            torch.sigmoid(g, out=a)
+            torch.tanh(g[..., 2 * H : 3 * H], out=a[..., 2 * H : 3 * H])
+            i, f, z, o = a.chunk(4, dim=-1)
+            c = torch.addcmul(f * c, i, z, out=cells[t])
+            h = torch.mul(o, torch.tanh(c, out=tanh_c[t]), out=hs[t])
+        ctx.save_for_backward(w_hh, acts, tanh_c, cells, hs)
+        return hs.permute(1, 2, 0, 3)
+
+    @staticmethod
+    def backward(ctx, d_out):
+        w_hh, acts, tanh_c, cells, hs = ctx.saved_tensors
+        T, C, B, G = acts.shape
+        H = G // 4
+        d_out = d_out.permute(2, 0, 1, 3).contiguous()  # (T, C, B, H)
+        dgates = acts.new_empty(T, C, B, G)
+        dh = torch.zeros_like(hs[0])
+        dc = torch.zeros_like(hs[0])
+        fused = acts.device.type == "cpu" and acts.dtype == torch.float32
+        for t in range(T - 1, -1, -1):
+            if fused:  # one compiled call for the step's elementwise backward
+                rows = (C * B, -1)
+                c_prev = cells[t - 1] if t > 0 else cells[0]
+                args = (acts[t], tanh_c[t], c_prev, d_out[t], dh, dc, dgates[t])
+                a, tc, cp, do, dhi, dcc, dg = (v.reshape(rows).numpy() for v in args)
+                step_backward(a, tc, cp, t > 0, do, dhi, dcc, dg)
+            else:
+                i, f, z, o = acts[t].chunk(4, dim=-1)
+                tc = tanh_c[t]
+                dh = dh + d_out[t]
+                dc = torch.addcmul(dc, dh * o, 1 - tc * tc)
+                di, df, dz, do = dgates[t].chunk(4, dim=-1)
+                torch.mul(dc * z, i * (1 - i), out=di)
+                if t > 0:
+                    torch.mul(dc * cells[t - 1], f * (1 - f), out=df)
+                else:
+                    df.zero_()
+                torch.mul(dc * i, 1 - z * z, out=dz)
+                torch.mul(dh * tc, o * (1 - o), out=do)
+                dc = dc * f
+            dh = torch.bmm(dgates[t], w_hh)  # d h_{t-1}
+        # dL/dw_hh = sum_t dg_t^T h_{t-1} (h_{-1} = 0): one GEMM over every step
+        prev = hs[:-1].permute(1, 0, 2, 3).reshape(C, (T - 1) * B, H)
+        dg = dgates[1:].permute(1, 0, 2, 3).reshape(C, (T - 1) * B, G)
+        dw = torch.bmm(dg.transpose(1, 2), prev) if T > 1 else torch.zeros_like(w_hh)
+        return dgates.permute(1, 2, 0, 3), dw
 
 
 for _cls, _fast in ((CNN, CNNStacked), (FemnistCNN, FemnistStacked), (ResNet, ResNetStacked),
