@@ -25,7 +25,7 @@ from fedbench.schema_npz import (
 )
 from fedbench.schema_rules import (
     COMPRESSOR,
-    EDEN_BITS,
+    COMPRESSOR_BY_TARGET,
     SEED_MAX,
     TOP_LEVEL,
     Rule,
@@ -157,9 +157,7 @@ def validate(cfg: Mapping[str, Any], *, compressors: list[str] | None = None) ->
     # The knobs' rules are the built-in codecs' (their constructors check again after
     # torch's import); a user's codec checks its own values, whatever its keys are named.
     if comp["_target_"].startswith("fedbench.compress."):
-        rules = COMPRESSOR
-        if comp["_target_"] == "fedbench.compress.rotation.Eden":  # fractional rates too
-            rules = {**COMPRESSOR, "bits": EDEN_BITS}
+        rules = {**COMPRESSOR, **COMPRESSOR_BY_TARGET.get(comp["_target_"], {})}
         _check("compressor", comp, rules)
     if comp.get("ratio") is not None and comp.get("k") is not None:
         raise ValueError(

@@ -145,9 +145,14 @@ COMPRESSOR: dict[str, Rule] = {
     "approximate": boolean(),
     "shared_seed": boolean(),
 }
-# EDEN's rate: any number of bits in (0, 8] (fractional: a shared random share of values).
-EDEN_BITS: Rule = lambda v: (  # noqa: E731
-    None
-    if _is_real(v) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 8
-    else "a number in (0, 8] (fractional allowed)"
-)
+# Where one built-in codec's knob means more than the shared rule allows, by _target_:
+# EDEN's rate is any number of bits in (0, 8] (fractional: a shared random share).
+COMPRESSOR_BY_TARGET: dict[str, dict[str, Rule]] = {
+    "fedbench.compress.rotation.Eden": {
+        "bits": lambda v: (
+            None
+            if _is_real(v) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 8
+            else "a number in (0, 8] (fractional allowed)"
+        ),
+    },
+}

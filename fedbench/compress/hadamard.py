@@ -196,7 +196,7 @@ def _sign_bytes(seeds: Sequence[int], n: int) -> np.ndarray:
 
 def _signs(seeds: Sequence[int], n: int, device: torch.device) -> torch.Tensor:
     """(rows, n) fp32 of +1 / -1: row i is D of ``seeds[i]``, one table lookup a byte."""
-    raw = np.stack([_sign_words(s, n)[: (n + 7) // 8] for s in seeds])
+    raw = _sign_bytes(seeds, n)
     signs = np.take(_sign_table(), raw, axis=0)  # (rows, n/8, 8); take beats [] ~8x
     return torch.from_numpy(signs.reshape(len(seeds), -1)[:, :n]).to(device)
 

@@ -175,10 +175,10 @@ def _train(
         taken = np.minimum(n_host[act] - pos[act] * B, B)  # samples in each active batch
         steps_host[act] += 1
         samples_host[act] += taken
-        if lazy and bufs is None and not (isinstance(sel, slice) and sel == slice(0, C)):
+        full = isinstance(sel, slice) and sel == slice(0, C)
+        if lazy and bufs is None and not full:
             bufs = [torch.zeros_like(p) for p in params]
         if isinstance(sel, slice):
-            full = sel == slice(0, C)
             p_sub = params if full else [p[sel] for p in params]
             b_sub = bufs if full or bufs is None else [b[sel] for b in bufs]
         else:  # clients interleaved: step a copy of the active rows, write it back below
