@@ -12,8 +12,8 @@ the cohort stays in one contiguous layout instead:
   one client), ReLU and pooling do not care; the head is a batched GEMM. Pooling runs
   before the ReLU (the same values and gradients: both are monotone, and a ReLU's
   gradient at 0 is 0), through a compiled 2x2 max-pool on the CPU (``models._pool``:
-  torch's NCHW kernel was a third of the small CNN's step). ResNet runs channels-last
-  on the CPU (its 3x3 convs are faster in NHWC; the small CNN's GroupNorm is not).
+  torch's NCHW kernel was a third of the small CNN's step). Everything stays NCHW: a
+  channels-last ResNet corrupted the heap inside oneDNN on an AVX2 CPU.
 * the LSTM: (clients, batch, ...): the embedding is one lookup into the stacked tables,
   each step's recurrence one ``bmm``, its backward written by hand (:class:`_Recurrence`).
 
@@ -158,8 +158,8 @@ class ResNetStacked(_Stacked):
     def forward(self, params, x, mask):
         p, C, g = self.by_name(params), x.shape[0], self.groups
         h = _fold(x, self.image)
-        if h.device.type == "cpu":  # oneDNN's 3x3 convs in NHWC: steps ~1.2x faster here
-            h = h.contiguous(memory_format=torch.channels_last)
+        # NCHW, not channels-last: oneDNN's channels-last convs were ~1.1x faster on an
+        # AVX-512 CPU but corrupted the heap on an AVX2 one (4-channel ResNet-8, 8x8 images)
         h = torch.relu(_norm(_conv(h, p["stem.weight"], None, padding=1),
                              p["norm.weight"], p["norm.bias"], g))  # fmt: skip
         for pre, stride, short in self.blocks:
@@ -215,20 +215,26 @@ class _Recurrence(torch.autograd.Function):
     def forward(ctx, gates_x, w_hh):
         C, B, T, G = gates_x.shape
         H = G // 4
+        # step-major, so each step's input part is one contiguous block (baddbmm copies it)
+        steps = gates_x.permute(2, 0, 1, 3).contiguous()
         acts = gates_x.new_empty(T, C, B, G)  # sigmoid(i), sigmoid(f), tanh(z), sigmoid(o)
         tanh_c = gates_x.new_empty(T, C, B, H)
         cells = gates_x.new_empty(T, C, B, H)
         hs = gates_x.new_empty(T, C, B, H)
         h = c = gates_x.new_zeros(C, B, H)
         w_t = w_hh.transpose(1, 2)
-        for t in range(T):
-            g = torch.baddbmm(gates_x[:, :, t], h, w_t)  # gx_t + h_{t-1} W^T
-            a = acts[t]
+        g = gates_x.new_empty(C, B, G)  # each step's pre-activation gates
+        g_z = g[..., 2 * H : 3 * H]
+        # every step's views made once (a Python loop of T steps: dispatches dominate)
+        per_step = zip(steps.unbind(0), acts.unbind(0), acts[..., 2 * H : 3 * H].unbind(0),
+                       *(v.unbind(0) for v in acts.chunk(4, dim=-1)),
+                       cells.unbind(0), tanh_c.unbind(0), hs.unbind(0), strict=True)  # fmt: skip
+        for gx, a, a_z, i, f, z, o, c_t, tc_t, h_t in per_step:
+            torch.baddbmm(gx, h, w_t, out=g)  # gx_t + h_{t-1} W^T
             torch.sigmoid(g, out=a)
-            torch.tanh(g[..., 2 * H : 3 * H], out=a[..., 2 * H : 3 * H])
-            i, f, z, o = a.chunk(4, dim=-1)
-            c = torch.addcmul(f * c, i, z, out=cells[t])
-            h = torch.mul(o, torch.tanh(c, out=tanh_c[t]), out=hs[t])
+            torch.tanh(g_z, out=a_z)
+            c = torch.addcmul(f * c, i, z, out=c_t)
+            h = torch.mul(o, torch.tanh(c, out=tc_t), out=h_t)
         ctx.save_for_backward(w_hh, acts, tanh_c, cells, hs)
         return hs.permute(1, 2, 0, 3)
 
@@ -242,28 +248,31 @@ class _Recurrence(torch.autograd.Function):
         dh = torch.zeros_like(hs[0])
         dc = torch.zeros_like(hs[0])
         fused = acts.device.type == "cpu" and acts.dtype == torch.float32
+        if fused:  # numpy views of the whole sequence, once: the kernel takes the step
+            rows = C * B
+            seq = [v.view(T, rows, -1).numpy() for v in (acts, tanh_c, cells, d_out, dgates)]
+            dh_np, dc_np = dh.view(rows, H).numpy(), dc.view(rows, H).numpy()
         for t in range(T - 1, -1, -1):
             if fused:  # one compiled call for the step's elementwise backward
-                rows = (C * B, -1)
-                c_prev = cells[t - 1] if t > 0 else cells[0]
-                args = (acts[t], tanh_c[t], c_prev, d_out[t], dh, dc, dgates[t])
-                a, tc, cp, do, dhi, dcc, dg = (v.reshape(rows).numpy() for v in args)
-                step_backward(a, tc, cp, t > 0, do, dhi, dcc, dg)
+                step_backward(*seq[:4], dh_np, dc_np, seq[4], t)
+                if t > 0:  # d h_{t-1}, into the kernel's buffer
+                    torch.bmm(dgates[t], w_hh, out=dh)
+                continue
+            i, f, z, o = acts[t].chunk(4, dim=-1)
+            tc = tanh_c[t]
+            dh = dh + d_out[t]
+            dc = torch.addcmul(dc, dh * o, 1 - tc * tc)
+            di, df, dz, do = dgates[t].chunk(4, dim=-1)
+            torch.mul(dc * z, i * (1 - i), out=di)
+            if t > 0:
+                torch.mul(dc * cells[t - 1], f * (1 - f), out=df)
             else:
-                i, f, z, o = acts[t].chunk(4, dim=-1)
-                tc = tanh_c[t]
-                dh = dh + d_out[t]
-                dc = torch.addcmul(dc, dh * o, 1 - tc * tc)
-                di, df, dz, do = dgates[t].chunk(4, dim=-1)
-                torch.mul(dc * z, i * (1 - i), out=di)
-                if t > 0:
-                    torch.mul(dc * cells[t - 1], f * (1 - f), out=df)
-                else:
-                    df.zero_()
-                torch.mul(dc * i, 1 - z * z, out=dz)
-                torch.mul(dh * tc, o * (1 - o), out=do)
-                dc = dc * f
-            dh = torch.bmm(dgates[t], w_hh)  # d h_{t-1}
+                df.zero_()
+            torch.mul(dc * i, 1 - z * z, out=dz)
+            torch.mul(dh * tc, o * (1 - o), out=do)
+            dc = dc * f
+            if t > 0:
+                dh = torch.bmm(dgates[t], w_hh)  # d h_{t-1}
         # dL/dw_hh = sum_t dg_t^T h_{t-1} (h_{-1} = 0): one GEMM over every step
         prev = hs[:-1].permute(1, 0, 2, 3).reshape(C, (T - 1) * B, H)
         dg = dgates[1:].permute(1, 0, 2, 3).reshape(C, (T - 1) * B, G)
