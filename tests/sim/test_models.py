@@ -17,19 +17,29 @@ from fedbench.sim.models import fast
 
 # Final parameters after 2 rounds, recorded with the models.py these modules replaced
 # (commit 29d801b: ModelSpec + an nn.Module twin); the committed reports use these models.
-REFERENCE = json.loads((Path(__file__).parent / "model_reference.json").read_text())
+# One set per machine kind (BLAS and oneDNN choose kernels by CPU, so the bits differ):
+# the current code must reproduce one set exactly. A new kind of machine gets its set
+# from tests/sim/record_model_reference.py, run with the old code.
+REFERENCE = json.loads((Path(__file__).parent / "model_reference.json").read_text())["sets"]
+CASES = list(next(iter(REFERENCE.values())))
 
 
-@pytest.mark.parametrize("case", list(REFERENCE))
+@pytest.mark.parametrize("case", CASES)
 def test_mlp_and_logreg_train_bit_for_bit_as_before(make_cfg, case: str) -> None:
-    ref = REFERENCE[case]
-    sim = Simulation(make_cfg(*ref["overrides"]))
+    refs = {label: sets[case] for label, sets in REFERENCE.items()}
+    sim = Simulation(make_cfg(*refs[next(iter(refs))]["overrides"]))
     for r in (1, 2):
         sim.round(r)
     got = [hashlib.sha256(p.contiguous().numpy().tobytes()).hexdigest() for p in sim.params]
-    assert [list(p.shape) for p in sim.params] == ref["shapes"]
-    assert got == ref["sha256"], [float(p.double().sum()) for p in sim.params]
-    assert sim.evaluate()[0] == ref["accuracy"]
+    assert all([list(p.shape) for p in sim.params] == ref["shapes"] for ref in refs.values())
+    matches = [label for label, ref in refs.items() if got == ref["sha256"]]
+    assert matches, (
+        f"{case}: the final parameters match no recorded set ({list(refs)}); on a new kind "
+        f"of machine ({torch.backends.cpu.get_cpu_capability()}) record one with "
+        "tests/sim/record_model_reference.py; sums: "
+        f"{[float(p.double().sum()) for p in sim.params]}"
+    )
+    assert sim.evaluate()[0] == refs[matches[0]]["accuracy"]
 
 
 def test_build_validates_and_counts_parameters() -> None:
