@@ -25,8 +25,10 @@ import fedbench
 from fedbench.compress import config_dir
 from fedbench.sim.engine import Simulation
 
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import SMALL  # the tests' own small config
+
 PATH = Path(__file__).parent / "model_reference.json"
-SMALL = ["rounds=3", "num_clients=6", "clients_per_round=4", "local_epochs=2", "batch_size=16"]
 
 
 def record(overrides: list[str]) -> dict:
