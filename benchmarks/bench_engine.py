@@ -49,8 +49,8 @@ from omegaconf import OmegaConf
 
 from fedbench.compress import config_dir
 from fedbench.sim import cohort as cohort_engine
+from fedbench.sim import heap, models, seeding
 from fedbench.sim import loop as loop_engine
-from fedbench.sim import models, seeding
 from fedbench.sim.engine import Simulation
 from fedbench.sim.models import MLP, ModelSpec
 
@@ -106,8 +106,12 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _compare_with_memory(threads: int, args: tuple) -> dict[str, Any]:
-    """``compare`` in this (fresh) process, with the peak growth of its resident set."""
+def _compare_with_memory(threads: int, keep: bool, args: tuple) -> dict[str, Any]:
+    """``compare`` in this (fresh) process, with the peak growth of its resident set.
+
+    The heap is kept (``keep``: as ``engine.run`` does) only once the baseline is taken:
+    memory the set-up freed is then back with the OS, not reused off the books.
+    """
     torch.set_num_threads(threads)
     peak, stop = [0], threading.Event()
 
@@ -119,6 +123,8 @@ def _compare_with_memory(threads: int, args: tuple) -> dict[str, Any]:
     clients, rounds, loop_rounds, extra = args
     Simulation(make_cfg([f"num_clients={clients}", f"clients_per_round={clients}", *extra]))
     before = _rss_bytes()  # after start-up: data loaded, partition built, imports done
+    if keep:
+        heap.keep_heap()
     watcher = threading.Thread(target=sample, daemon=True)
     watcher.start()
     try:
@@ -304,10 +310,18 @@ def _chunks(cohort: cohort_engine.Cohort, size: int) -> list[cohort_engine.Cohor
 
 
 def model_case(
-    name: str, clients: int, reps: int, device: str, gflops: float, memory_mb: float | None
+    name: str,
+    clients: int,
+    reps: int,
+    device: str,
+    gflops: float,
+    memory_mb: float | None,
+    keep: bool = True,
 ) -> dict[str, Any]:
     """Cohort vs loop local training of ``clients`` clients of model ``name``; the cohort
-    in the chunks ``cohort_chunk: auto`` picks for ``memory_mb``."""
+    in the chunks ``cohort_chunk: auto`` picks for ``memory_mb``. The first chunk's peak
+    memory is measured on glibc's default heap (a kept heap would reuse what the model's
+    dry run freed); the times with the heap kept (``keep``) as in ``engine.run``."""
     spec, start, X, y, cohort, opt = _case_data(name, clients, device)
     samples = int(cohort.n.sum()) * opt.local_epochs
     chunk = models.auto_chunk(spec, opt.batch_size, clients, memory_mb, device)
@@ -324,6 +338,8 @@ def model_case(
     engines = ("cohort", "loop")
 
     peak = _peak_chunk_mb(lambda: cohort_engine.train(spec, start, X, y, parts[0], opt), device)
+    if keep:
+        heap.keep_heap()
     once("cohort")  # warm-up
     once("loop")
     ms = _interleaved_ms({k: (lambda k=k: once(k)) for k in engines}, reps, warm_up=False)
@@ -348,9 +364,9 @@ def model_case(
     }
 
 
-def _model_case_fresh(threads: int, case: tuple) -> dict[str, Any]:
+def _model_case_fresh(threads: int, keep: bool, case: tuple) -> dict[str, Any]:
     torch.set_num_threads(threads)
-    return model_case(*case)
+    return model_case(*case, keep=keep)
 
 
 def main() -> None:
@@ -368,12 +384,17 @@ def main() -> None:
     ap.add_argument(
         "--memory-mb", type=float, default=None, help="cohort_memory_mb (default: per device)"
     )
+    ap.add_argument(
+        "--glibc-heap",
+        action="store_true",
+        help="leave glibc's heap thresholds at their defaults (engine.run raises them)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
+    threads, keep = torch.get_num_threads(), not args.glibc_heap
     dev = [f"device={args.device}"]
-    results: dict[str, Any] = {"threads": threads, "device": args.device}
+    results: dict[str, Any] = {"threads": threads, "device": args.device, "keep_heap": keep}
     if args.models:
         gflops = mm_gflops(args.device)
         results["models"] = []
@@ -381,7 +402,7 @@ def main() -> None:
         for name in args.models.split(","):
             case = (name, args.model_clients, args.model_reps, args.device, gflops, args.memory_mb)
             with spawn.Pool(1) as pool:  # a fresh process: its memory growth is this chunk's
-                out = pool.apply(_model_case_fresh, (threads, case))
+                out = pool.apply(_model_case_fresh, (threads, keep, case))
             results["models"].append(out)
             print(json.dumps(out), flush=True)
     if args.models_only:
@@ -389,6 +410,8 @@ def main() -> None:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
         return
+    if keep:
+        heap.keep_heap()  # this process's own cases (the 1,000-client ones run in fresh ones)
     results["10_digits"] = compare(10, args.rounds, args.loop_rounds, dev)
     print(json.dumps(results["10_digits"]), flush=True)
     results["100_synthetic"] = compare(100, args.rounds, args.loop_rounds, [*SYNTHETIC_144, *dev])
@@ -404,7 +427,7 @@ def main() -> None:
             [*SYNTHETIC_144, *dev, f"cohort_chunk={chunk}"],
         )
         with spawn.Pool(1) as pool:  # a fresh process: its memory growth is this case's
-            results[key] = pool.apply(_compare_with_memory, (threads, case))
+            results[key] = pool.apply(_compare_with_memory, (threads, keep, case))
         print(json.dumps(results[key]), flush=True)
     results["step_256_clients"] = step_three_ways()
     results["masks_1000_clients"] = masks_hash_vs_dropout()

@@ -32,8 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_engine as be
 
 from fedbench.sim import cohort as cohort_engine
+from fedbench.sim import heap, models
 from fedbench.sim import loop as loop_engine
-from fedbench.sim import models
 
 # The ops that carry the FLOPs (their own time, not their callers').
 KERNELS = frozenset({
@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--memory-mb", type=float, default=None, help="cohort_memory_mb")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    heap.keep_heap()  # as engine.run does
     for name in args.models.split(","):
         if name not in be.MODEL_CASES:
             ap.error(f"--models: {name!r} is not one of {sorted(be.MODEL_CASES)}")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fedbench.sim import fedbuff, partition, seeding
+from fedbench.sim import fedbuff, heap, partition, seeding
 from fedbench.sim.scheduler import Scheduler, user_scheduler
 from fedbench.sim.server import Diverged
 from fedbench.sim.setup import prepare, validate
@@ -54,7 +54,11 @@ def run(
 
     NaN/inf in training (or an update a codec cannot carry) stops the run with status
     ``diverged`` and the rows so far; it is never raised.
+
+    Raises glibc's heap thresholds for the process (``fedbench.sim.heap``): a step's
+    activations are reused, not faulted in afresh.
     """
+    heap.keep_heap()
     # CPU kernels used here are deterministic already; CUDA's scatter/index_add use
     # atomics unless told otherwise. (Switching the mode imports torch._inductor: ~1.3 s.)
     if not str(cfg.get("device", "cpu")).startswith("cuda"):

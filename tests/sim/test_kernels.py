@@ -3,7 +3,9 @@
 - ``models._pool.max_pool2``: ``F.max_pool2d(x, 2)``'s values and gradient, bit for bit,
   ties (the first maximum in the window's row-major scan) and odd sizes included;
 - ``models.stacked._Recurrence``: the LSTM recurrence with its backward by hand, against
-  torch.autograd.gradcheck in fp64 and its fp32 compiled step against fp64.
+  torch.autograd.gradcheck in fp64 and its fp32 compiled step against fp64;
+- ``models.stacked._InputConv``: the first conv's per-client weight gradient, against
+  autograd of the grouped conv it replaces.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fedbench.sim.models._pool import max_pool2
-from fedbench.sim.models.stacked import _Recurrence
+from fedbench.sim.models.stacked import _conv, _fold, _input_conv, _Recurrence
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 5, 7, 9), (3, 2, 5, 4), (2, 4, 28, 28)])
@@ -69,3 +71,27 @@ def test_recurrence_fp32_compiled_step_matches_fp64():
         grads[dt] = torch.autograd.grad(_Recurrence.apply(a, b), (a, b), dy.to(dt))
     for got, want in zip(grads[torch.float32], grads[torch.float64], strict=True):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("clients", "image", "out", "k", "stride", "bias"),
+    [(3, (1, 9, 9), 4, 3, 1, True), (2, (3, 8, 8), 5, 3, 2, False), (4, (1, 7, 7), 3, 5, 1, True)],
+)
+def test_input_conv_matches_the_grouped_conv(clients, image, out, k, stride, bias):
+    g = torch.Generator().manual_seed(clients * k)
+    C, B = clients, 5
+    x = torch.randn(C, B, image[0] * image[1] * image[2], generator=g)
+    w0 = torch.randn(C, out, image[0], k, k, generator=g)
+    b0 = torch.randn(C, out, generator=g) if bias else None
+    leaves = [t.clone().requires_grad_() for t in (w0, b0) if t is not None]
+    ref_leaves = [t.clone().requires_grad_() for t in (w0, b0) if t is not None]
+    kw = {"stride": stride, "padding": k // 2}
+    y = _input_conv(x, image, *leaves, *([] if bias else [None]), **kw)
+    ref = _conv(_fold(x, image), *ref_leaves, *([] if bias else [None]), **kw)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    dy = torch.randn(ref.shape, generator=g)
+    grads = torch.autograd.grad(y, leaves, dy)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dy)
+    assert grads[0].shape == w0.shape
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
