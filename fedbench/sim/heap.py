@@ -10,8 +10,9 @@ limits keeps those pages resident: blocks under 32 MiB come from the heap, and u
 256 MiB of free heap top stays mapped. The cost is that much resident memory held after
 a peak; the numbers a run computes do not change (allocation is not arithmetic).
 
-Only glibc has ``mallopt``; elsewhere, or where the user set glibc's own ``MALLOC_*``
-tunables in the environment (they win), this does nothing. (The kernel-benchmark gate
+Only glibc has ``mallopt``; elsewhere, or where the user set glibc's own malloc
+tunables in the environment (``MALLOC_*_`` or ``GLIBC_TUNABLES=glibc.malloc.*``: they
+win), this does nothing. (The kernel-benchmark gate
 pins the same two thresholds through the environment: ``benchmarks/gate.py``.)
 """
 
@@ -45,7 +46,9 @@ def keep_heap() -> bool:
 def _set() -> bool:
     if not sys.platform.startswith("linux"):
         return False
-    if any(k in os.environ for k in USER_TUNABLES) or "GLIBC_TUNABLES" in os.environ:
+    if any(k in os.environ for k in USER_TUNABLES):
+        return False
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -61,9 +61,16 @@ def test_kept_heap_reuses_freed_blocks_without_faulting_them_in_again():
 
 
 @glibc
-def test_the_users_own_tunables_win():
-    out = _probe("keep", MALLOC_TRIM_THRESHOLD_="131072")
-    assert out["kept"] is False
+@pytest.mark.parametrize(
+    ("env", "kept"),
+    [
+        ({"MALLOC_TRIM_THRESHOLD_": "131072"}, False),
+        ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}, False),
+        ({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}, True),  # not about malloc
+    ],
+)
+def test_the_users_own_tunables_win(env, kept):
+    assert _probe("keep", **env)["kept"] is kept
 
 
 def test_engine_run_keeps_the_heap(monkeypatch):
