@@ -112,11 +112,9 @@ class _InputConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, b, stride, padding):
-        C, B = x.shape[:2]
         ctx.save_for_backward(x, w)
         ctx.has_bias, ctx.stride, ctx.padding = b is not None, stride, padding
-        h = x.transpose(0, 1).reshape(B, C * x.shape[2], *x.shape[3:])
-        return _conv(h, w, b, stride=stride, padding=padding)
+        return _conv(_fold(x, tuple(x.shape[2:])), w, b, stride=stride, padding=padding)
 
     @staticmethod
     def backward(ctx, dy):
@@ -176,12 +174,13 @@ class CNNStacked(_Stacked):
 
     def forward(self, params, x, mask):
         p, C = self.by_name(params), x.shape[0]
-        h = _input_conv(x, self.image, p["conv0.weight"], p["conv0.bias"], padding=1)
-        for i in (0, 1):
-            if i:
-                h = _conv(h, p["conv1.weight"], p["conv1.bias"], padding=1)
-            h = _norm(h, p[f"norm{i}.weight"], p[f"norm{i}.bias"], self.groups)
-            h = torch.relu(max_pool2(h))  # = pool(relu(h)), on a quarter of the values
+
+        def norm_pool(h, i):  # = pool(relu(norm(h))): the ReLU on a quarter of the values
+            return torch.relu(max_pool2(_norm(h, p[f"norm{i}.weight"], p[f"norm{i}.bias"],
+                                              self.groups)))  # fmt: skip
+
+        h = norm_pool(_input_conv(x, self.image, p["conv0.weight"], p["conv0.bias"], padding=1), 0)
+        h = norm_pool(_conv(h, p["conv1.weight"], p["conv1.bias"], padding=1), 1)
         return _head(_unfold(h, C), p["fc.weight"], p["fc.bias"], mask)
 
 
